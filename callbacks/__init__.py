@@ -1,0 +1,18 @@
+"""The callback library, imported as `minilearn.callbacks`.
+
+`TrainCB` and `LRFinderCB` live in the core (the Learner needs them) and are re-exported here so
+that every ready callback is found in one place.
+"""
+
+from minilearn.callbacks.debug import SingleBatchCB
+from minilearn.callbacks.device import DeviceCB
+from minilearn.callbacks.grad_clip import GradClipCB
+from minilearn.callbacks.metrics import MetricsCB
+from minilearn.callbacks.progress import ProgressCB
+from minilearn.callbacks.recorder import Recorder
+from minilearn.callbacks.schedule import BatchSchedCB, OneCycleCB
+from minilearn.lr_finder import LRFinderCB
+from minilearn.train import TrainCB
+
+__all__ = ["TrainCB", "LRFinderCB", "DeviceCB", "MetricsCB", "Recorder", "ProgressCB", "BatchSchedCB",
+           "OneCycleCB", "GradClipCB", "SingleBatchCB"]

@@ -1,0 +1,22 @@
+"""GradClipCB: clip the gradient norm before each optimizer step."""
+
+import torch
+
+from minilearn.callback import Callback
+
+__all__ = ["GradClipCB"]
+
+
+class GradClipCB(Callback):
+    """Scale the gradients so that their total norm is at most `max_norm`, after `backward` and
+    before `step`. The norm before clipping is kept on `self.last_norm` (a tensor: reading it waits
+    for the GPU, so only do that when you need it).
+    """
+
+    order = 30
+
+    def __init__(self, max_norm: float, norm_type: float = 2.0):
+        self.max_norm, self.norm_type = max_norm, norm_type
+
+    def after_backward(self, learn):
+        self.last_norm = torch.nn.utils.clip_grad_norm_(learn.model.parameters(), self.max_norm, self.norm_type)

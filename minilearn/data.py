@@ -1,0 +1,74 @@
+"""Data helpers: a train/valid pair of data loaders, moving nested batches to a device, batch size."""
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["DataLoaders", "to_device", "batch_size", "default_device"]
+
+
+def default_device() -> torch.device:
+    """The device minilearn trains on when none is named: CUDA, then Apple's MPS, then the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class DataLoaders:
+    """A training and a validation iterable of batches.
+
+    Any object with `train` and `valid` iterables works as a Learner's `dls`; this is the simplest one.
+
+    >>> dls = DataLoaders([(torch.zeros(2, 3), torch.zeros(2))], [])
+    >>> len(dls.train), len(dls.valid)
+    (1, 0)
+    """
+
+    def __init__(self, train: Iterable, valid: Iterable):
+        self.train, self.valid = train, valid
+
+    @classmethod
+    def from_dsets(cls, train_ds: Dataset, valid_ds: Dataset, bs: int = 64,
+                   collate_fn: Callable | None = None, **kwargs: Any) -> "DataLoaders":
+        """Wrap two datasets in `torch.utils.data.DataLoader`s of batch size `bs`; the training one
+        shuffles. `kwargs` go to both loaders (`num_workers`, `pin_memory`, ...)."""
+        return cls(DataLoader(train_ds, batch_size=bs, shuffle=True, collate_fn=collate_fn, **kwargs),
+                   DataLoader(valid_ds, batch_size=bs, shuffle=False, collate_fn=collate_fn, **kwargs))
+
+
+def to_device(x: Any, device: torch.device | str, non_blocking: bool = False) -> Any:
+    """Move every tensor in a nested structure of tuples, lists and mappings to `device`;
+    other values are returned unchanged. Tuples stay tuples and mappings keep their type where they can.
+
+    >>> to_device({"ids": torch.zeros(2), "n": 3}, "cpu")
+    {'ids': tensor([0., 0.]), 'n': 3}
+    """
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=non_blocking)
+    if isinstance(x, Mapping):
+        moved = {k: to_device(v, device, non_blocking) for k, v in x.items()}
+        try:
+            return type(x)(moved)
+        except TypeError:  # a mapping type that cannot be built from a dict
+            return moved
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a namedtuple
+        return type(x)(*(to_device(v, device, non_blocking) for v in x))
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(v, device, non_blocking) for v in x)
+    return x
+
+
+def batch_size(batch: Any) -> int:
+    """The number of samples in a batch: the length of its first tensor (first item of a tuple,
+    first tensor value of a mapping)."""
+    items = batch.values() if isinstance(batch, Mapping) else batch
+    for v in items:
+        if isinstance(v, torch.Tensor):
+            return v.shape[0] if v.ndim else 1
+        if isinstance(v, (list, tuple)):
+            return len(v)
+    raise ValueError(f"cannot tell the batch size of a batch of type {type(batch).__name__} with no tensor in it")

@@ -1,0 +1,15 @@
+"""The names of the loop's events and steps: the whole vocabulary a callback can speak."""
+
+__all__ = ["EVENTS", "STEPS"]
+
+# Every callback that defines one of these runs, in `order`. `cleanup_*` always runs (it is called
+# from a `finally`), so it is where a callback undoes what its `before_*` did.
+EVENTS: tuple[str, ...] = (
+    "before_fit", "after_fit", "cleanup_fit",
+    "before_epoch", "after_epoch", "cleanup_epoch",
+    "before_batch", "after_batch", "cleanup_batch",
+    "after_predict", "after_loss", "after_backward", "after_step",
+)
+
+# Exactly one callback runs each of these: the one with the highest `order` that defines it.
+STEPS: tuple[str, ...] = ("predict", "get_loss", "backward", "step", "zero_grad")

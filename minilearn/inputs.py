@@ -1,0 +1,139 @@
+"""How models, losses and metrics get their inputs from a batch, by the names of their parameters.
+
+A batch is a tuple `(x, y, *extra)` or a mapping (a Hugging Face style collated dict).
+
+- The model gets `batch[:n_inp]` from a tuple, or, from a mapping, the keys its `forward` names.
+- A loss (or metric) `f(output, a, b)` gets the model output first, then its other parameters:
+  from a tuple, `batch[n_inp:]` in order; from a mapping, the keys `"a"` and `"b"`.
+"""
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from minilearn.exceptions import LossOutputError, MissingInputError
+
+__all__ = ["Signature", "signature_of", "model_call", "loss_call", "select_output", "split_loss_output",
+           "callable_name"]
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a callable asks for: the name of its first parameter, then the names (and which of
+    them are required) of the parameters after it."""
+
+    first: str | None
+    names: tuple[str, ...]
+    required: tuple[str, ...]
+    takes_var_positional: bool
+
+
+def callable_name(f: Callable) -> str:
+    """A readable name for a loss, metric or model in error messages."""
+    if isinstance(f, torch.nn.Module):
+        return type(f).__name__
+    return getattr(f, "__qualname__", None) or getattr(getattr(f, "func", None), "__qualname__", None) or repr(f)
+
+
+def signature_of(f: Callable) -> Signature:
+    """Read the parameters of `f` (for an `nn.Module`, of its `forward`).
+
+    >>> signature_of(lambda logits, target_tokens, weights=None: 0)
+    Signature(first='logits', names=('target_tokens', 'weights'), required=('target_tokens',), takes_var_positional=False)
+    """
+    fn = f.forward if isinstance(f, torch.nn.Module) else f
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # some builtins have no readable signature: pass inputs positionally
+        return Signature(None, (), (), True)
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    first = positional[0].name if positional else None
+    rest = positional[1:]
+    return Signature(
+        first=first,
+        names=tuple(p.name for p in rest),
+        required=tuple(p.name for p in rest if p.default is p.empty),
+        takes_var_positional=any(p.kind is p.VAR_POSITIONAL for p in params),
+    )
+
+
+def _keys(batch: Mapping) -> list[str]:
+    return list(batch.keys())
+
+
+def model_call(model: Callable, batch: Any, n_inp: int, names: tuple[str, ...]) -> Any:
+    """Call `model` on the inputs of `batch`: `batch[:n_inp]` of a tuple, or, as keyword arguments,
+    the keys of a mapping that are in `names`."""
+    if isinstance(batch, Mapping):
+        kwargs = {k: batch[k] for k in names if k in batch}
+        if not kwargs:
+            raise MissingInputError(
+                f"model {callable_name(model)} takes {list(names)} but the batch has none of them; "
+                f"the batch has keys {_keys(batch)}. Pass TrainCB(model_inputs=[...]) to choose them.")
+        return model(**kwargs)
+    return model(*batch[:n_inp])
+
+
+def select_output(output: Any, first: str | None) -> Any:
+    """What a loss's first parameter receives from the model output: the field it names when the
+    output has one (`logits`, `hidden_states`, ...), else `.logits` when the output is a Hugging Face
+    `ModelOutput`, else the output unchanged (a tensor, or a tuple)."""
+    if isinstance(output, torch.Tensor) or isinstance(output, tuple):
+        return output
+    if first is not None and isinstance(output, Mapping) and first in output:
+        return output[first]
+    if first is not None and hasattr(output, first) and not callable(getattr(output, first)):
+        return getattr(output, first)
+    if hasattr(output, "logits"):
+        return output.logits
+    return output
+
+
+def loss_call(f: Callable, output: Any, batch: Any, n_inp: int, sig: Signature | None = None,
+              kind: str = "loss") -> Any:
+    """Call a loss (or metric) `f` with the model output and the inputs its parameters name.
+
+    `sig` is `signature_of(f)`, passed in by callers that cache it (reading a signature costs more
+    than a small training step). Raises `MissingInputError` naming `f`, the missing input and what the
+    batch has.
+    """
+    sig = sig or signature_of(f)
+    preds = select_output(output, sig.first)
+    if isinstance(batch, Mapping):
+        missing = [k for k in sig.required if k not in batch]
+        if missing:
+            raise MissingInputError(
+                f"{kind} {callable_name(f)} needs the input {missing[0]!r} (its parameters after the "
+                f"model output: {list(sig.names)}), but the batch has keys {_keys(batch)}")
+        return f(preds, **{k: batch[k] for k in sig.names if k in batch})
+    extras = tuple(batch[n_inp:])
+    if len(extras) < len(sig.required):
+        missing = sig.required[len(extras)]
+        raise MissingInputError(
+            f"{kind} {callable_name(f)} needs the input {missing!r} (its parameters after the model "
+            f"output: {list(sig.required)}), but the batch is a tuple of {len(batch)} items of which "
+            f"the first {n_inp} go to the model, leaving {len(extras)}")
+    if not sig.takes_var_positional:
+        extras = extras[:len(sig.names)]
+    return f(preds, *extras)
+
+
+def split_loss_output(out: Any, f: Callable) -> tuple[torch.Tensor, dict]:
+    """Check what a loss returned and split it into `(scalar_tensor, metrics_dict)`."""
+    metrics: dict = {}
+    if isinstance(out, tuple):
+        if len(out) != 2 or not isinstance(out[1], Mapping):
+            raise LossOutputError(
+                f"loss {callable_name(f)} returned a tuple of {len(out)} items; expected a scalar tensor "
+                f"or (scalar tensor, dict of metrics)")
+        out, metrics = out
+    if not isinstance(out, torch.Tensor):
+        raise LossOutputError(f"loss {callable_name(f)} returned {type(out).__name__}; expected a scalar tensor")
+    if out.ndim != 0:
+        raise LossOutputError(
+            f"loss {callable_name(f)} returned a tensor of shape {tuple(out.shape)}; expected a scalar "
+            f"(0-dim) tensor: reduce it, for example with .mean() or .sum()")
+    return out, dict(metrics)

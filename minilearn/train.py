@@ -1,0 +1,63 @@
+"""TrainCB: the default owner of the five steps of a training batch."""
+
+from collections.abc import Sequence
+
+from minilearn.callback import Callback
+from minilearn.inputs import Signature, loss_call, model_call, signature_of, split_loss_output
+
+__all__ = ["TrainCB"]
+
+
+class TrainCB(Callback):
+    """The plain training step: `preds = model(inputs)`, `loss = loss_func(preds, targets...)`,
+    `loss.backward()`, `opt.step()`, `opt.zero_grad()`.
+
+    Every Learner has one unless it is removed. A callback with a higher `order` that defines one of
+    these steps takes it over (a loss callback defines `get_loss`, AccelerateCB `backward` and
+    `step`), and removing that callback gives the step back to TrainCB.
+
+    `model_inputs`: for mapping batches, the keys passed to the model as keyword arguments
+    (default: the keys its `forward` names).
+    """
+
+    order = 0
+
+    def __init__(self, model_inputs: Sequence[str] | None = None):
+        self.model_inputs = tuple(model_inputs) if model_inputs is not None else None
+        # Reading a signature costs more than a tiny training step, so keep the last one read.
+        self._loss_sig: tuple[object, Signature] | None = None
+        self._model_sig: tuple[object, Signature] | None = None
+
+    def loss_signature(self, loss_func) -> Signature:
+        """The signature of `loss_func`, read once and then reused while the loss stays the same."""
+        if self._loss_sig is None or self._loss_sig[0] is not loss_func:
+            self._loss_sig = (loss_func, signature_of(loss_func))
+        return self._loss_sig[1]
+
+    def model_input_names(self, model) -> tuple[str, ...]:
+        """The keys of a mapping batch that go to `model`: `model_inputs`, else those its `forward` names."""
+        if self.model_inputs is not None:
+            return self.model_inputs
+        if self._model_sig is None or self._model_sig[0] is not model:
+            self._model_sig = (model, signature_of(model))
+        sig = self._model_sig[1]
+        return ((sig.first,) if sig.first else ()) + sig.names
+
+    def predict(self, learn):
+        learn.preds = model_call(learn.model, learn.batch, learn.n_inp, self.model_input_names(learn.model))
+
+    def get_loss(self, learn):
+        if learn.loss_func is None:
+            raise ValueError("the Learner has no loss_func: pass one to Learner(...), or add a callback "
+                             "that owns get_loss (for example LossCB(loss) or AccelerateCustomCB(loss))")
+        out = loss_call(learn.loss_func, learn.preds, learn.batch, learn.n_inp, self.loss_signature(learn.loss_func))
+        learn.loss, learn.loss_metrics = split_loss_output(out, learn.loss_func)
+
+    def backward(self, learn):
+        learn.loss.backward()
+
+    def step(self, learn):
+        learn.opt.step()
+
+    def zero_grad(self, learn):
+        learn.opt.zero_grad()
