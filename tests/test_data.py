@@ -1,0 +1,46 @@
+"""DataLoaders, to_device and batch_size."""
+
+from collections import namedtuple
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from minilearn import DataLoaders, batch_size, to_device
+
+
+def test_from_dsets_makes_a_shuffled_train_loader_and_an_ordered_valid_loader():
+    ds = TensorDataset(torch.arange(20).float())
+    torch.manual_seed(0)
+    dls = DataLoaders.from_dsets(ds, ds, bs=5, drop_last=False)
+    train = torch.cat([b[0] for b in dls.train])
+    valid = torch.cat([b[0] for b in dls.valid])
+    assert len(dls.train) == len(dls.valid) == 4
+    assert sorted(train.tolist()) == valid.tolist() and train.tolist() != valid.tolist()
+
+
+def test_from_dsets_passes_the_collate_fn():
+    ds = [{"a": i} for i in range(6)]
+    dls = DataLoaders.from_dsets(ds, ds, bs=3, collate_fn=lambda items: torch.tensor([d["a"] for d in items]))
+    assert [b.tolist() for b in dls.valid] == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_to_device_handles_nesting_and_keeps_types():
+    Pair = namedtuple("Pair", "x y")
+    data = {"a": torch.zeros(2), "b": [torch.ones(1), (torch.ones(1), 3)], "c": Pair(torch.zeros(1), "s")}
+    out = to_device(data, torch.device("cpu"))
+    assert isinstance(out, dict) and isinstance(out["b"], list) and isinstance(out["b"][1], tuple)
+    assert isinstance(out["c"], Pair) and out["c"].y == "s" and out["b"][1][1] == 3
+    assert torch.equal(out["a"], data["a"])
+
+
+def test_to_device_moves_tensors_to_the_named_device():
+    out = to_device((torch.zeros(3),), "meta")
+    assert out[0].device.type == "meta"
+
+
+def test_batch_size():
+    assert batch_size((torch.zeros(7, 2), torch.zeros(7))) == 7
+    assert batch_size({"mask": [1, 2, 3], "ids": torch.zeros(3, 4)}) == 3
+    with pytest.raises(ValueError, match="batch size"):
+        batch_size({"n": 3})

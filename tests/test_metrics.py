@@ -1,0 +1,106 @@
+"""MetricsCB's averages, Recorder's record and plot, and ProgressCB's table."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from minilearn import DataLoaders, Learner
+from minilearn.callbacks import MetricsCB, ProgressCB, Recorder
+
+
+def mae(preds, target):
+    return (preds - target).abs().mean()
+
+
+def uneven_batches(sizes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(n, 3, generator=g), torch.randn(n, 1, generator=g)) for n in sizes]
+
+
+def test_metrics_are_batch_size_weighted_means_computed_by_hand():
+    batches = uneven_batches([5, 5, 2])
+    model = nn.Linear(3, 1)
+    metrics = MetricsCB(mae=mae)
+    learn = Learner(model, DataLoaders([], batches), F.mse_loss, cbs=metrics)
+    learn.fit(1, train=False)
+    with torch.no_grad():
+        x = torch.cat([b[0] for b in batches])
+        y = torch.cat([b[1] for b in batches])
+        per_batch_mse = [F.mse_loss(model(b[0]), b[1]).item() for b in batches]
+    row = metrics.history[0]
+    assert row["phase"] == "valid" and row["epoch"] == 0
+    assert row["loss"] == pytest.approx(F.mse_loss(model(x), y).item(), rel=1e-6)
+    assert row["mae"] == pytest.approx((model(x) - y).abs().mean().item(), rel=1e-6)
+    # weighted, not a plain mean of batch means
+    assert row["loss"] != pytest.approx(sum(per_batch_mse) / 3, rel=1e-6)
+    assert learn.epoch_metrics is row
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(1, 6), min_size=1, max_size=6))
+def test_the_epoch_average_does_not_depend_on_how_the_data_is_batched(sizes):
+    data = uneven_batches([sum(sizes)])[0]
+    splits = torch.split(torch.arange(sum(sizes)), sizes)
+    batched = [(data[0][i], data[1][i]) for i in splits]
+    model = nn.Linear(3, 1)
+    a, b = MetricsCB(mae=mae), MetricsCB(mae=mae)
+    Learner(model, DataLoaders([], batched), F.mse_loss, cbs=a).fit(1, train=False)
+    Learner(model, DataLoaders([], [data]), F.mse_loss, cbs=b).fit(1, train=False)
+    assert a.history[0]["loss"] == pytest.approx(b.history[0]["loss"], rel=1e-5)
+    assert a.history[0]["mae"] == pytest.approx(b.history[0]["mae"], rel=1e-5)
+
+
+def test_metrics_accumulate_on_the_device_without_reading_values_in_the_batch_loop(monkeypatch):
+    # Reading a tensor's value (item, float, tolist) forces a host sync on a GPU; none may happen
+    # between the first and last batch of an epoch.
+    calls = []
+    metrics = MetricsCB(mae=mae)
+    learn = Learner(nn.Linear(3, 1), DataLoaders(uneven_batches([4] * 5), []), F.mse_loss, cbs=metrics)
+    orig_item, orig_float = torch.Tensor.item, torch.Tensor.__float__
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: calls.append("item") or orig_item(self))
+    monkeypatch.setattr(torch.Tensor, "__float__", lambda self: calls.append("float") or orig_float(self))
+    learn.fit(1, valid=False)
+    assert len(calls) == 2  # loss and mae, once each, at the end of the epoch
+
+
+def test_empty_epoch_gives_a_row_without_values():
+    metrics = MetricsCB()
+    Learner(nn.Linear(3, 1), DataLoaders([], []), F.mse_loss, cbs=metrics).fit(1)
+    assert metrics.history == [{"epoch": 0, "phase": "train"}, {"epoch": 0, "phase": "valid"}]
+
+
+def test_recorder_records_lr_and_loss_of_each_training_batch_and_plots():
+    batches = uneven_batches([4] * 5)
+    rec = Recorder()
+    learn = Learner(nn.Linear(3, 1), DataLoaders(batches, batches[:2]), F.mse_loss, lr=0.01,
+                    cbs=[MetricsCB(), rec])
+    learn.fit(2)
+    assert learn.recorder is rec
+    assert rec.lrs == [0.01] * 10 and len(rec.losses) == 10
+    assert [i for i, _ in rec.valid_losses] == [5, 10]
+    ax = rec.plot_loss()
+    assert len(ax.lines) == 2 and list(ax.lines[0].get_ydata()) == rec.losses
+    rec.plot_lr()
+
+
+def test_progress_in_a_terminal_prints_the_table(capsys):
+    batches = uneven_batches([4] * 5)
+    learn = Learner(nn.Linear(3, 1), DataLoaders(batches, batches[:2]), F.mse_loss,
+                    cbs=[MetricsCB(mae=mae), ProgressCB(plot=True)])
+    learn.fit(2)
+    out = capsys.readouterr().out
+    header = [line for line in out.splitlines() if "phase" in line]
+    assert header and header[0].split()[-5:] == ["epoch", "phase", "loss", "mae", "time"]
+    rows = [line.split() for line in out.splitlines() if line.split()[1:2] in (["train"], ["valid"])]
+    assert [r[:2] for r in rows[-4:]] == [["0", "train"], ["0", "valid"], ["1", "train"], ["1", "valid"]]
+
+
+def test_progress_without_metrics_and_over_an_iterator_without_length(capsys):
+    class Stream:
+        train = property(lambda self: iter(uneven_batches([4, 4])))
+        valid = []
+    Learner(nn.Linear(3, 1), Stream(), F.mse_loss, cbs=ProgressCB()).fit(1)
+    assert "train" in capsys.readouterr().out

@@ -1,0 +1,85 @@
+"""OneCycleCB and BatchSchedCB against PyTorch's schedulers; GradClipCB, SingleBatchCB, DeviceCB."""
+
+from functools import partial
+
+import pytest
+import torch
+from torch.optim.lr_scheduler import OneCycleLR, StepLR
+
+from minilearn import Callback
+from minilearn.callbacks import BatchSchedCB, DeviceCB, GradClipCB, OneCycleCB, Recorder, SingleBatchCB
+
+
+@pytest.mark.parametrize("opt_func", [torch.optim.SGD, partial(torch.optim.SGD, momentum=0.9), torch.optim.AdamW])
+def test_one_cycle_lr_curve_matches_torch(make_learner, opt_func):
+    learn = make_learner(opt_func=opt_func, cbs=Recorder())
+    learn.fit(3, cbs=OneCycleCB(0.2, pct_start=0.3))
+    # the same schedule built by hand, on a throwaway optimizer
+    p = torch.zeros(1, requires_grad=True)
+    ref_opt = opt_func([p], lr=0.1)
+    has_momentum = "betas" in ref_opt.defaults or ref_opt.defaults.get("momentum", 0) > 0
+    sched = OneCycleLR(ref_opt, max_lr=0.2, total_steps=15, pct_start=0.3, cycle_momentum=has_momentum)
+    expected = []
+    for _ in range(15):
+        expected.append(ref_opt.param_groups[0]["lr"])
+        ref_opt.step()
+        sched.step()
+    assert learn.recorder.lrs == pytest.approx(expected, rel=1e-12)
+    assert max(learn.recorder.lrs) == pytest.approx(0.2, rel=0.05)
+
+
+def test_one_cycle_leaves_plain_sgd_without_momentum(make_learner):
+    learn = make_learner()
+    learn.fit(1, cbs=OneCycleCB(0.1))
+    assert learn.opt.param_groups[0]["momentum"] == 0
+
+
+def test_batch_sched_steps_once_per_training_batch(make_learner):
+    learn = make_learner(lr=1.0, cbs=Recorder())
+    cb = BatchSchedCB(partial(StepLR, step_size=2, gamma=0.5))
+    learn.fit(1, cbs=cb)
+    assert learn.recorder.lrs == [1.0, 1.0, 0.5, 0.5, 0.25]
+    assert cb.sched.last_epoch == 5
+
+
+def test_grad_clip_bounds_the_norm_seen_by_the_step(make_learner):
+    norms = []
+
+    class NormAtStep(Callback):
+        order = 40
+
+        def after_backward(self, learn):
+            norms.append(torch.nn.utils.get_total_norm([p.grad for p in learn.model.parameters()]))
+
+    learn = make_learner(lr=0.0)
+    clip = GradClipCB(1e-3)
+    learn.fit(1, cbs=[clip, NormAtStep()], valid=False)
+    assert all(n <= 1e-3 * (1 + 1e-5) for n in norms)
+    assert clip.last_norm > 1e-3  # it really had something to clip
+
+
+def test_single_batch_runs_one_batch_and_keeps_it(make_learner):
+    seen = []
+
+    class Count(Callback):
+        def before_batch(self, learn):
+            seen.append(learn.iter)
+
+    learn = make_learner(cbs=Count())
+    learn.fit(5, cbs=SingleBatchCB())
+    assert seen == [0] and learn.preds.shape == (8, 1) and learn.loss.ndim == 0
+
+
+def test_device_cb_moves_model_and_batches(make_learner):
+    moved = []
+
+    class Where(Callback):
+        order = 0
+
+        def after_predict(self, learn):
+            moved.append((learn.batch[0].device, learn.preds.device))
+
+    learn = make_learner(cbs=[DeviceCB("cpu"), Where()])
+    learn.fit(1)
+    assert all(d == (torch.device("cpu"),) * 2 for d in moved)
+    assert next(learn.model.parameters()).device == torch.device("cpu")
