@@ -103,11 +103,11 @@ class Learner:
         """Print which callback owns each step and which callbacks listen to each event."""
         print("step        owner")
         for s, cb in self._owners.items():
-            print(f"{s:<11} {cb.name if cb else '(none)'}")
+            print(f"{s:<11} {f'{cb.name} (order {cb.order})' if cb else '(none)'}")
         print("\nevent           callbacks (in order)")
         for e, hs in self._handlers.items():
             if hs:
-                print(f"{e:<15} {', '.join(type(h.__self__).__name__ for h in hs)}")
+                print(f"{e:<15} {', '.join(f'{h.__self__.name}({h.__self__.order})' for h in hs)}")
 
     # ---- the five steps: each runs in the one callback that owns it -----------------------------
 
@@ -144,6 +144,8 @@ class Learner:
 
     def _one_epoch(self) -> None:
         for self.iter, self.batch in enumerate(self.dl):
+            # Cleared so that a batch cancelled early never shows the previous batch's results.
+            self.preds, self.loss, self.loss_metrics = None, None, {}
             self._with_events("batch", self._one_batch, CancelBatchException)
 
     def one_epoch(self, training: bool) -> None:

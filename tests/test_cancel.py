@@ -95,3 +95,16 @@ def test_a_real_error_is_not_swallowed_and_cleanup_still_runs(make_learner):
     assert cb.n["cleanup_batch"] == 2 and cb.n["cleanup_epoch"] == 1 and cb.n["cleanup_fit"] == 1
     learn.remove_cbs(cb)
     learn.fit(1)  # the learner is still usable
+
+
+def test_a_batch_cancelled_before_its_loss_shows_no_stale_results(make_learner):
+    seen = []
+
+    class SkipOdd(Counter):
+        def after_batch(self, learn):
+            seen.append((learn.iter, learn.loss is None, learn.preds is None, learn.loss_metrics))
+
+    cb = SkipOdd("before_batch", CancelBatchException, when=lambda learn: learn.iter % 2 == 1)
+    make_learner(cbs=cb).fit(1, valid=False)
+    assert seen == [(0, False, False, {}), (1, True, True, {}), (2, False, False, {}), (3, True, True, {}),
+                    (4, False, False, {})]

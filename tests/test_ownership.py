@@ -89,7 +89,7 @@ def test_show_cbs_prints_owners_and_listeners(make_learner, capsys):
     learn = make_learner(cbs=ConstantLoss())
     learn.show_cbs()
     out = capsys.readouterr().out
-    assert "get_loss    ConstantLoss" in out and "predict     TrainCB" in out
+    assert "get_loss    ConstantLoss (order 10)" in out and "predict     TrainCB (order 0)" in out
 
 
 def test_a_user_trainCB_replaces_the_default(make_learner):
