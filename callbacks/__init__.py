@@ -4,6 +4,7 @@
 that every ready callback is found in one place.
 """
 
+from minilearn.callbacks.accelerate import AccelerateCB, AccelerateCustomCB
 from minilearn.callbacks.debug import SingleBatchCB
 from minilearn.callbacks.device import DeviceCB
 from minilearn.callbacks.grad_clip import GradClipCB
@@ -14,5 +15,5 @@ from minilearn.callbacks.schedule import BatchSchedCB, OneCycleCB
 from minilearn.lr_finder import LRFinderCB
 from minilearn.train import TrainCB
 
-__all__ = ["TrainCB", "LRFinderCB", "DeviceCB", "MetricsCB", "Recorder", "ProgressCB", "BatchSchedCB",
+__all__ = ["AccelerateCB", "AccelerateCustomCB", "TrainCB", "LRFinderCB", "DeviceCB", "MetricsCB", "Recorder", "ProgressCB", "BatchSchedCB",
            "OneCycleCB", "GradClipCB", "SingleBatchCB"]

@@ -23,19 +23,24 @@ class ProgressCB(Callback):
         self.plot, self.comment_every = plot, comment_every
 
     def before_fit(self, learn):
+        self.active = learn.is_main_process  # under several processes, only the main one shows progress
+        if not self.active:
+            return
         learn.epochs = self.mbar = master_bar(learn.epochs)
         self.columns: list[str] | None = None
         self.train_losses: list[float] = []
         self.valid_losses: list[tuple[int, float]] = []
 
     def before_epoch(self, learn):
+        if not self.active:
+            return
         self.start, self.last_comment = time.monotonic(), 0.0
         self.pbar = None
         if hasattr(learn.dl, "__len__"):  # fastprogress needs a length; a bare iterator runs without a bar
             learn.dl = self.pbar = progress_bar(learn.dl, leave=False, parent=self.mbar)
 
     def after_batch(self, learn):
-        if not learn.training or getattr(learn, "loss", None) is None:
+        if not self.active or not learn.training or learn.loss is None:
             return
         if self.plot:
             self.train_losses.append(learn.loss.item())
@@ -46,6 +51,8 @@ class ProgressCB(Callback):
             self.last_comment = now
 
     def after_epoch(self, learn):
+        if not self.active:
+            return
         row = dict(getattr(learn, "epoch_metrics", None) or {"epoch": learn.epoch,
                                                             "phase": "train" if learn.training else "valid"})
         row["time"] = time.strftime("%M:%S", time.gmtime(time.monotonic() - self.start))

@@ -7,6 +7,7 @@ from minilearn.exceptions import (CancelBatchException, CancelEpochException, Ca
                                   MissingInputError, UnknownEventError)
 from minilearn.learner import Learner
 from minilearn.lr_finder import LRFinderCB
+from minilearn.normalized_loss import NormalizedLoss
 from minilearn.train import TrainCB
 
 __version__ = "0.1.0"
@@ -15,5 +16,5 @@ __all__ = [
     "Learner", "Callback", "TrainCB", "LRFinderCB", "EVENTS", "STEPS", "misspelt_events",
     "CancelFitException", "CancelEpochException", "CancelBatchException",
     "UnknownEventError", "MissingInputError", "LossOutputError",
-    "DataLoaders", "to_device", "batch_size", "default_device",
+    "NormalizedLoss", "DataLoaders", "to_device", "batch_size", "default_device",
 ]

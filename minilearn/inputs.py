@@ -15,9 +15,10 @@ from typing import Any
 import torch
 
 from minilearn.exceptions import LossOutputError, MissingInputError
+from minilearn.normalized_loss import NormalizedLoss
 
 __all__ = ["Signature", "signature_of", "model_call", "loss_call", "select_output", "split_loss_output",
-           "callable_name"]
+           "store_loss", "callable_name"]
 
 
 @dataclass(frozen=True)
@@ -121,14 +122,17 @@ def loss_call(f: Callable, output: Any, batch: Any, n_inp: int, sig: Signature |
     return f(preds, *extras)
 
 
-def split_loss_output(out: Any, f: Callable) -> tuple[torch.Tensor, dict]:
-    """Check what a loss returned and split it into `(scalar_tensor, metrics_dict)`."""
+def split_loss_output(out: Any, f: Callable) -> tuple[torch.Tensor, dict, NormalizedLoss | None]:
+    """Check what a loss returned and split it into `(scalar_tensor, metrics_dict, parts)`, where
+    `parts` is the `NormalizedLoss` the loss returned, if it did (else None)."""
+    if isinstance(out, NormalizedLoss):
+        return out.value, dict(out.metrics), out
     metrics: dict = {}
     if isinstance(out, tuple):
         if len(out) != 2 or not isinstance(out[1], Mapping):
             raise LossOutputError(
                 f"loss {callable_name(f)} returned a tuple of {len(out)} items; expected a scalar tensor "
-                f"or (scalar tensor, dict of metrics)")
+                f"or (scalar tensor, dict of metrics) or NormalizedLoss(total, denominator, metrics)")
         out, metrics = out
     if not isinstance(out, torch.Tensor):
         raise LossOutputError(f"loss {callable_name(f)} returned {type(out).__name__}; expected a scalar tensor")
@@ -136,4 +140,10 @@ def split_loss_output(out: Any, f: Callable) -> tuple[torch.Tensor, dict]:
         raise LossOutputError(
             f"loss {callable_name(f)} returned a tensor of shape {tuple(out.shape)}; expected a scalar "
             f"(0-dim) tensor: reduce it, for example with .mean() or .sum()")
-    return out, dict(metrics)
+    return out, dict(metrics), None
+
+
+def store_loss(learn, out: Any, f: Callable) -> None:
+    """Check what loss `f` returned and put it on the learner: `learn.loss` (the scalar),
+    `learn.loss_metrics` and `learn.loss_parts` (a `NormalizedLoss`, or None)."""
+    learn.loss, learn.loss_metrics, learn.loss_parts = split_loss_output(out, f)

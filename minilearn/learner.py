@@ -49,6 +49,8 @@ class Learner:
         self.cbs: list[Callback] = []
         self.epoch, self.iter, self.training = 0, 0, False
         self.loss_metrics: dict = {}
+        self.loss_parts = None
+        self.is_main_process = True  # AccelerateCB sets it; printing callbacks print only where it is True
         cbs = L(cbs)
         self.add_cbs(cbs if any(isinstance(cb, TrainCB) for cb in cbs) else [TrainCB(), *cbs])
 
@@ -145,7 +147,7 @@ class Learner:
     def _one_epoch(self) -> None:
         for self.iter, self.batch in enumerate(self.dl):
             # Cleared so that a batch cancelled early never shows the previous batch's results.
-            self.preds, self.loss, self.loss_metrics = None, None, {}
+            self.preds, self.loss, self.loss_metrics, self.loss_parts = None, None, {}, None
             self._with_events("batch", self._one_batch, CancelBatchException)
 
     def one_epoch(self, training: bool) -> None:
@@ -184,6 +186,23 @@ class Learner:
                 self._with_events("fit", lambda: self._fit(train, valid), CancelFitException)
             finally:
                 self.model.train(was_training)
+
+    # ---- state saved by a callback that knows how (AccelerateCB) ---------------------------------
+
+    def _state_owner(self, method: str) -> Callback:
+        owners = [cb for cb in sorted(self.cbs, key=lambda cb: cb.order) if callable(getattr(cb, method, None))]
+        if not owners:
+            raise RuntimeError(f"no callback can {method.replace('_', ' ')}: add AccelerateCB()")
+        return owners[-1]
+
+    def save_state(self, path) -> None:
+        """Save the full training state (model, optimizer, RNGs, scaler) through the callback that
+        owns it (AccelerateCB: `Accelerator.save_state`)."""
+        self._state_owner("save_state").save_state(path)
+
+    def load_state(self, path) -> None:
+        """Load what `save_state` wrote, through the same callback."""
+        self._state_owner("load_state").load_state(path)
 
     # ---- tools built on fit ----------------------------------------------------------------------
 

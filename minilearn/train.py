@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 
 from minilearn.callback import Callback
-from minilearn.inputs import Signature, loss_call, model_call, signature_of, split_loss_output
+from minilearn.inputs import Signature, loss_call, model_call, signature_of, store_loss
 
 __all__ = ["TrainCB"]
 
@@ -51,9 +51,10 @@ class TrainCB(Callback):
             raise ValueError("the Learner has no loss_func: pass one to Learner(...), or add a callback "
                              "that owns get_loss (for example LossCB(loss) or AccelerateCustomCB(loss))")
         out = loss_call(learn.loss_func, learn.preds, learn.batch, learn.n_inp, self.loss_signature(learn.loss_func))
-        learn.loss, learn.loss_metrics = split_loss_output(out, learn.loss_func)
+        store_loss(learn, out, learn.loss_func)
 
     def backward(self, learn):
+        # One micro-batch per step here, so a NormalizedLoss's ratio already has the exact gradient.
         learn.loss.backward()
 
     def step(self, learn):

@@ -1,0 +1,184 @@
+"""AccelerateCB and AccelerateCustomCB: run the Learner under Hugging Face Accelerate.
+
+One CPU, one GPU or several processes (`torchrun`, `accelerate launch`, `notebook_launcher`), with
+mixed precision and gradient accumulation, and a custom `nn.Module` loss computed in float32.
+"""
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+from minilearn.callback import Callback
+from minilearn.data import DataLoaders, to_device
+from minilearn.exceptions import CancelBatchException
+from minilearn.inputs import loss_call, signature_of, store_loss
+
+__all__ = ["AccelerateCB", "AccelerateCustomCB", "float32_outputs"]
+
+
+class AccelerateCB(Callback):
+    """Train under an `accelerate.Accelerator`: owns `backward`, `step` and `zero_grad`.
+
+    - The model, optimizer and the train and valid `DataLoader`s are prepared once, at the first
+      `fit` (a new optimizer from `fit(reset_opt=True)`, or new `dls`, are prepared when they appear).
+      `learn.unwrapped_model` is the model without Accelerate's wrappers.
+    - With `gradient_accumulation_steps=k`, gradients of k micro-batches are summed and the optimizer
+      steps once; between boundaries `step` raises `CancelBatchException`, so `after_step` callbacks
+      (schedules) run once per real optimizer step.
+    - A loss returning `NormalizedLoss(total, denominator)` gets the exact gradient of the whole
+      global batch: `total` is back-propagated, the denominators are added up over micro-batches and
+      processes, and the gradients are divided by that sum before clipping and stepping. Any other
+      loss is averaged per micro-batch (and per process), as in a plain loop.
+    - `max_grad_norm` clips at the boundary, after the division (use it instead of GradClipCB).
+    - Validation predictions and batches are gathered from all processes (`gather_for_metrics`)
+      before the loss, so validation metrics are those of the whole validation set.
+    - Progress is shown on the main process only (`learn.is_main_process`).
+
+    On a machine without a GPU, a multi-process launch needs `cpu=True`; it is set for you when
+    `WORLD_SIZE` > 1 and CUDA is not available, and a launcher/Accelerate disagreement on the number
+    of processes is refused rather than silently training unsharded.
+    """
+
+    order = 20
+
+    def __init__(self, mixed_precision: str | None = None, gradient_accumulation_steps: int = 1,
+                 max_grad_norm: float | None = None, **accelerator_kwargs: Any):
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size > 1 and not torch.cuda.is_available():
+            accelerator_kwargs.setdefault("cpu", True)
+        self.acc = Accelerator(mixed_precision=mixed_precision,
+                               gradient_accumulation_steps=gradient_accumulation_steps, **accelerator_kwargs)
+        if self.acc.num_processes != world_size:
+            raise RuntimeError(
+                f"the launcher started WORLD_SIZE={world_size} processes but Accelerate sees "
+                f"num_processes={self.acc.num_processes}: each process would train on all the data. "
+                f"On a machine without a GPU pass cpu=True (AccelerateCB(cpu=True)); check the launch config.")
+        self.max_grad_norm = max_grad_norm
+        self._model = self._opt = self._dls = None
+        self._denominator: torch.Tensor | None = None
+
+    # ---- preparing, once ---------------------------------------------------------------------
+
+    def _prepare_loader(self, dl):
+        return self.acc.prepare_data_loader(dl) if isinstance(dl, DataLoader) else dl
+
+    def before_fit(self, learn):
+        if any(type(cb).__name__ == "GradClipCB" for cb in learn.cbs):
+            raise ValueError("GradClipCB clips each micro-batch before the gradients are normalised; "
+                             "under AccelerateCB pass max_grad_norm=... instead")
+        if learn.model is not self._model:
+            learn.model = self._model = self.acc.prepare_model(learn.model)
+        if learn.opt is not self._opt:
+            learn.opt = self._opt = self.acc.prepare_optimizer(learn.opt)
+        if learn.dls is not self._dls:
+            self.original_dls = learn.dls
+            learn.dls = self._dls = DataLoaders(self._prepare_loader(learn.dls.train),
+                                                 self._prepare_loader(learn.dls.valid))
+        learn.unwrapped_model = self.acc.unwrap_model(learn.model)
+        learn.is_main_process = self.acc.is_main_process
+        self._denominator = None
+
+    def before_batch(self, learn):
+        if not isinstance(learn.dl, DataLoader):  # prepared loaders place batches themselves
+            learn.batch = to_device(learn.batch, self.acc.device)
+        if learn.training:
+            # Decides whether this micro-batch ends an accumulation cycle (acc.sync_gradients) and,
+            # between boundaries, stops DDP from all-reducing gradients that are not final yet.
+            self._accumulate = self.acc.accumulate(learn.model)
+            self._accumulate.__enter__()
+
+    def cleanup_batch(self, learn):
+        if learn.training:
+            self._accumulate.__exit__(None, None, None)
+
+    def after_predict(self, learn):
+        if not learn.training and self.acc.num_processes > 1:
+            learn.preds, learn.batch = self.acc.gather_for_metrics((learn.preds, learn.batch))
+
+    # ---- the steps ---------------------------------------------------------------------------
+
+    def backward(self, learn):
+        parts = learn.loss_parts
+        if parts is None:
+            if self._denominator is not None:
+                raise ValueError("a loss returned NormalizedLoss for some micro-batches of this step and a "
+                                 "plain scalar for others; return the same kind every time")
+            self.acc.backward(learn.loss)
+            return
+        self.acc.backward(parts.total)
+        d = parts.denominator.float()
+        self._denominator = d if self._denominator is None else self._denominator + d
+
+    def step(self, learn):
+        if not self.acc.sync_gradients:
+            raise CancelBatchException()  # not a boundary: keep accumulating, no step, no zero_grad
+        if self._denominator is not None:
+            total = self.acc.reduce(self._denominator.to(self.acc.device), "sum")
+            # acc.backward divided each micro-batch by k and DDP averaged over p processes: undo both,
+            # then divide by the global denominator.
+            scale = self.acc.gradient_accumulation_steps * self.acc.num_processes / total
+            scale = torch.where(total != 0, scale, torch.zeros_like(scale))
+            for p in learn.model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(scale.to(p.grad.dtype))
+            self._denominator = None
+        if self.max_grad_norm is not None:
+            self.acc.clip_grad_norm_(learn.model.parameters(), self.max_grad_norm)
+        learn.opt.step()
+
+    def zero_grad(self, learn):
+        learn.opt.zero_grad()
+
+    # ---- state ---------------------------------------------------------------------------------
+
+    def save_state(self, path: str | os.PathLike) -> None:
+        """Save model, optimizer, RNG and scaler states through `Accelerator.save_state`."""
+        self.acc.save_state(str(path))
+
+    def load_state(self, path: str | os.PathLike) -> None:
+        """Load what `save_state` wrote (call after the first `fit`, once things are prepared)."""
+        self.acc.load_state(str(path))
+
+
+def float32_outputs(x: Any) -> Any:
+    """Upcast every half-precision floating tensor in a nested output to float32 (float64 stays)."""
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.is_floating_point() and x.element_size() < 4 else x
+    if isinstance(x, tuple) and not hasattr(x, "_fields"):
+        return tuple(float32_outputs(v) for v in x)
+    if isinstance(x, dict):
+        return {k: float32_outputs(v) for k, v in x.items()}
+    if hasattr(x, "logits") and isinstance(x.logits, torch.Tensor):
+        x.logits = float32_outputs(x.logits)
+    return x
+
+
+class AccelerateCustomCB(AccelerateCB):
+    """AccelerateCB that also owns `get_loss`, with a custom loss module (or function).
+
+    The loss is called with its named inputs (see `minilearn.inputs`), outside autocast and on
+    float32 model outputs, and its result lands on `learn.loss` and `learn.loss_metrics`, so that
+    MetricsCB, ProgressCB and schedules see it. Return `NormalizedLoss` for exact normalisation
+    under accumulation and several processes.
+
+    >>> # learn.fit(1, cbs=AccelerateCustomCB(WeightedCrossEntropy(), mixed_precision="bf16"))
+    """
+
+    def __init__(self, loss: Callable, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.loss = loss
+        self._sig = signature_of(loss)
+
+    def before_fit(self, learn):
+        super().before_fit(learn)
+        if isinstance(self.loss, torch.nn.Module):
+            self.loss.to(self.acc.device)
+
+    def get_loss(self, learn):
+        with torch.autocast(device_type=self.acc.device.type, enabled=False):
+            out = loss_call(self.loss, float32_outputs(learn.preds), learn.batch, learn.n_inp, self._sig)
+        store_loss(learn, out, self.loss)

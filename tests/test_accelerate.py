@@ -1,0 +1,244 @@
+"""AccelerateCB and AccelerateCustomCB in one process: same results as the plain loop, exact
+normalisation under gradient accumulation, bf16 on CPU with float32 losses, state, and errors."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from accelerate.state import AcceleratorState, GradientState
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from minilearn import Callback, DataLoaders, Learner, NormalizedLoss
+from minilearn.callbacks import AccelerateCB, AccelerateCustomCB, GradClipCB, MetricsCB, ProgressCB
+
+
+def reset_accelerate():
+    # Accelerate keeps its state in process-wide singletons; each test builds its own.
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate():
+    reset_accelerate()
+    yield
+    reset_accelerate()
+
+
+class WeightedCE(nn.Module):
+    """-(sum w lp) / (sum w), returned as a NormalizedLoss with a metric."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, logits, target, weights):
+        self.seen.append((logits.dtype, torch.is_autocast_enabled("cpu")))
+        lp = torch.log_softmax(logits, -1).gather(-1, target[:, None])[:, 0]
+        return NormalizedLoss(-(weights * lp).sum(), weights.sum(), {"weight_sum": weights.sum()})
+
+
+def data(weights, n_feat=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = len(weights)
+    return TensorDataset(torch.randn(n, n_feat, generator=g), torch.randint(0, 3, (n,), generator=g),
+                         torch.tensor(weights, dtype=torch.float32))
+
+
+def model(seed=1):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def weights_after(ds, bs, cbs=(), epochs=2, loss=None, lr=0.5):
+    m = model()
+    learn = Learner(m, DataLoaders(DataLoader(ds, batch_size=bs), []), loss or WeightedCE(), lr=lr, cbs=list(cbs))
+    learn.fit(epochs)
+    return [p.detach().clone() for p in m.parameters()]
+
+
+def assert_close(a, b, tol=1e-6):
+    for p, q in zip(a, b):
+        assert torch.allclose(p, q, atol=tol, rtol=0), (p - q).abs().max()
+
+
+def test_accelerate_cb_gives_the_plain_loop_weights():
+    ds = data([1.0] * 48)
+    plain = weights_after(ds, 16, loss=lambda logits, y, w: F.cross_entropy(logits, y))
+    reset_accelerate()
+    acc = weights_after(ds, 16, [AccelerateCB()], loss=lambda logits, y, w: F.cross_entropy(logits, y))
+    assert_close(plain, acc, 0)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(st.just(0.0), st.floats(0.01, 10.0)), min_size=32, max_size=32))
+def test_accumulation_steps_give_the_weights_of_the_whole_global_batch(weights):
+    ds = data(weights)
+    reset_accelerate()
+    ref = weights_after(ds, 16)  # plain loop, global batch 16
+    for gas in (1, 2, 4):
+        reset_accelerate()
+        got = weights_after(ds, 16 // gas, [AccelerateCB(gradient_accumulation_steps=gas)])
+        assert_close(got, ref, 1e-5)
+
+
+def test_accumulation_steps_once_per_boundary_so_schedules_see_real_steps():
+    steps = []
+
+    class CountSteps(Callback):
+        def after_step(self, learn):
+            steps.append(learn.iter)
+
+    weights_after(data([1.0] * 32), 4, [AccelerateCB(gradient_accumulation_steps=4), CountSteps()], epochs=1)
+    assert steps == [3, 7]
+
+
+def test_uneven_last_accumulation_cycle_still_steps():
+    steps = []
+
+    class CountSteps(Callback):
+        def after_step(self, learn):
+            steps.append(learn.iter)
+
+    weights_after(data([1.0] * 24), 4, [AccelerateCB(gradient_accumulation_steps=4), CountSteps()], epochs=1)
+    assert steps == [3, 5]  # 6 micro-batches: a full cycle, then the end of the data closes a short one
+
+
+def test_custom_loss_and_metrics_reach_metrics_cb_and_the_progress_table(capsys):
+    ds = data([0.5, 2.0, 1.0, 0.0] * 8)
+    loss = WeightedCE()
+    metrics = MetricsCB()
+    learn = Learner(model(), DataLoaders(DataLoader(ds, batch_size=8), DataLoader(ds, batch_size=8)),
+                    cbs=[metrics, ProgressCB()])
+    learn.fit(1, cbs=AccelerateCustomCB(loss))
+    rows = metrics.history
+    assert [r["phase"] for r in rows] == ["train", "valid"]
+    assert rows[0]["weight_sum"] == pytest.approx(3.5 * 2, rel=1e-6)  # every batch of 8 sums to 7
+    assert rows[1]["loss"] > 0
+    out = capsys.readouterr().out
+    assert "weight_sum" in out and "7.0000" in out
+    assert learn.loss_func is None  # the loss lived on the callback, and reached the learner's metrics
+
+
+def test_bf16_on_cpu_trains_and_the_loss_is_float32_outside_autocast():
+    autocast_in_model = []
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model()
+
+        def forward(self, x):
+            autocast_in_model.append(torch.is_autocast_enabled("cpu"))
+            return self.net(x).to(torch.bfloat16)  # even a half-precision output reaches the loss as float32
+
+    ds = data([1.0] * 32)
+    loss = WeightedCE()
+    m = Probe()
+    learn = Learner(m, DataLoaders(DataLoader(ds, batch_size=8), []), lr=0.5)
+    before = [p.detach().clone() for p in m.parameters()]
+    learn.fit(2, cbs=AccelerateCustomCB(loss, mixed_precision="bf16"))
+    assert all(autocast_in_model)
+    assert set(loss.seen) == {(torch.float32, False)}
+    assert learn.loss.dtype == torch.float32
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.parameters()))
+
+
+def test_prepares_once_and_prepares_a_new_optimizer():
+    cb = AccelerateCB()
+    calls = []
+    for name in ("prepare_model", "prepare_optimizer", "prepare_data_loader"):
+        orig = getattr(cb.acc, name)
+        setattr(cb.acc, name, lambda *a, _o=orig, _n=name, **k: calls.append(_n) or _o(*a, **k))
+    ds = data([1.0] * 16)
+    learn = Learner(model(), DataLoaders(DataLoader(ds, batch_size=8), DataLoader(ds, batch_size=8)),
+                    WeightedCE(), cbs=cb)
+    learn.fit(1)
+    learn.fit(1)
+    assert sorted(calls) == ["prepare_data_loader", "prepare_data_loader", "prepare_model", "prepare_optimizer"]
+    learn.fit(1, reset_opt=True)
+    assert calls.count("prepare_optimizer") == 2
+    assert learn.unwrapped_model is not None
+
+
+def test_swapping_the_custom_loss_between_fits():
+    ds = data([1.0] * 16)
+    learn = Learner(model(), DataLoaders(DataLoader(ds, batch_size=8), []), lambda logits, y, w: F.cross_entropy(logits, y))
+    first, second = WeightedCE(), WeightedCE()
+    learn.fit(1, cbs=AccelerateCustomCB(first))
+    reset_accelerate()
+    learn.fit(1, cbs=AccelerateCustomCB(second))
+    assert len(first.seen) == len(second.seen) == 2
+    learn.fit(1)  # back to the plain loss and TrainCB
+    assert learn.loss_parts is None and len(second.seen) == 2
+
+
+def test_max_grad_norm_clips_after_normalisation():
+    ds = data([3.0] * 16)
+    norms = []
+    cb = AccelerateCB(gradient_accumulation_steps=2, max_grad_norm=1e-3)
+    orig_step = torch.optim.SGD.step
+    learn = Learner(model(), DataLoaders(DataLoader(ds, batch_size=4), []), WeightedCE(), lr=0.0, cbs=cb)
+
+    def recording_step(opt, *a, **k):
+        norms.append(torch.nn.utils.get_total_norm([p.grad for p in learn.model.parameters()]).item())
+        return orig_step(opt, *a, **k)
+
+    torch.optim.SGD.step = recording_step
+    try:
+        learn.fit(1)
+    finally:
+        torch.optim.SGD.step = orig_step
+    assert len(norms) == 2 and all(n <= 1e-3 * (1 + 1e-4) for n in norms)
+
+
+def test_zero_denominator_gives_zero_loss_and_zero_gradient():
+    ds = data([0.0] * 16)
+    before = [p.detach().clone() for p in model().parameters()]
+    after = weights_after(ds, 4, [AccelerateCB(gradient_accumulation_steps=2)])
+    assert_close(before, after, 0)
+
+
+def test_mixing_normalized_and_plain_losses_in_one_step_is_refused():
+    calls = []
+
+    def flaky(logits, target, weights):
+        calls.append(1)
+        ce = F.cross_entropy(logits, target)
+        return NormalizedLoss(ce, 1.0) if len(calls) % 2 else ce
+
+    with pytest.raises(ValueError, match="NormalizedLoss for some micro-batches"):
+        weights_after(data([1.0] * 16), 4, [AccelerateCB(gradient_accumulation_steps=2)], loss=flaky)
+
+
+def test_world_size_disagreement_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match=r"WORLD_SIZE=2 .*num_processes=1.*cpu=True"):
+        AccelerateCB(cpu=False)
+
+
+def test_grad_clip_cb_is_refused_under_accelerate():
+    ds = data([1.0] * 8)
+    learn = Learner(model(), DataLoaders(DataLoader(ds, batch_size=4), []), WeightedCE())
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        learn.fit(1, cbs=[AccelerateCB(), GradClipCB(1.0)])
+    learn.fit(1)
+
+
+def test_save_and_load_state_round_trip(tmp_path):
+    ds = data([1.0] * 16)
+    learn = Learner(model(), DataLoaders(DataLoader(ds, batch_size=4), []), WeightedCE(), cbs=AccelerateCB(),
+                    opt_func=torch.optim.AdamW, lr=1e-2)
+    learn.fit(1)
+    learn.save_state(tmp_path / "state")
+    saved = [p.detach().clone() for p in learn.model.parameters()]
+    learn.fit(1)
+    learn.load_state(tmp_path / "state")
+    assert_close(saved, list(learn.model.parameters()), 0)
+
+
+def test_save_state_without_a_state_owner_says_what_to_add(make_learner, tmp_path):
+    with pytest.raises(RuntimeError, match="add AccelerateCB"):
+        make_learner().save_state(tmp_path)

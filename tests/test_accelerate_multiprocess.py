@@ -1,0 +1,64 @@
+"""Two real processes (torchrun, gloo on CPU) give the weights of one process on the same global batch."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from minilearn import DataLoaders, Learner
+
+sys.path.insert(0, str(Path(__file__).parent / "dist"))
+import train_weighted as script  # noqa: E402
+
+SCRIPT = Path(__file__).parent / "dist" / "train_weighted.py"
+
+
+def torchrun(out, *args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(SCRIPT), str(out), *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return torch.load(out, weights_only=True)
+
+
+def one_process(loss, global_bs, epochs=2):
+    m = script.model()
+    dls = DataLoaders(DataLoader(script.dataset(), batch_size=global_bs), [])
+    Learner(m, dls, script.WeightedCE() if loss == "weighted" else script.plain_ce, lr=0.5).fit(epochs)
+    return m.state_dict()
+
+
+def assert_same(a, b, tol=1e-6):
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=tol, rtol=0), (k, (a[k] - b[k]).abs().max().item())
+
+
+@pytest.mark.parametrize("args, loss, global_bs", [
+    (["--loss", "weighted", "--bs", "8"], "weighted", 16),
+    (["--loss", "weighted", "--bs", "4", "--gas", "2"], "weighted", 16),
+    (["--loss", "weighted", "--bs", "4", "--gas", "2", "--custom"], "weighted", 16),
+    (["--loss", "plain", "--bs", "8"], "plain", 16),
+])
+def test_two_processes_match_one_process_on_the_global_batch(tmp_path, args, loss, global_bs):
+    got = torchrun(tmp_path / "w.pt", *args)
+    assert_same(got, one_process(loss, global_bs))
+
+
+def test_weighted_loss_denominators_really_differ_between_ranks_and_micro_batches():
+    # the property the test above relies on: otherwise a per-micro-batch mean would pass too
+    ds = script.dataset()
+    sums = [ds.tensors[2][i:i + 4].sum().item() for i in range(0, 16, 4)]
+    assert max(sums) > 1.5 * min(sums)
+
+
+def test_the_same_loss_normalised_per_micro_batch_would_not_match(tmp_path):
+    # what a naive loop does with a weighted loss: each process's ratio, averaged over processes
+    got = torchrun(tmp_path / "w.pt", "--loss", "micro_batch_mean", "--bs", "8")
+    ref = one_process("weighted", 16)
+    assert max((got[k] - ref[k]).abs().max().item() for k in ref) > 1e-3
