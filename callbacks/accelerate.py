@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from torch.utils.data import DataLoader
 
 from minilearn.callback import Callback
@@ -50,6 +51,11 @@ class AccelerateCB(Callback):
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size > 1 and not torch.cuda.is_available():
             accelerator_kwargs.setdefault("cpu", True)
+        if world_size == 1 and not torch.distributed.is_initialized():
+            # Accelerate keeps its settings in process-wide singletons, so a second Accelerator would
+            # inherit (or clash with) the first one's. In one process, start each callback afresh.
+            AcceleratorState._reset_state()
+            GradientState._reset_state()
         self.acc = Accelerator(mixed_precision=mixed_precision,
                                gradient_accumulation_steps=gradient_accumulation_steps, **accelerator_kwargs)
         if self.acc.num_processes != world_size:
@@ -58,6 +64,7 @@ class AccelerateCB(Callback):
                 f"num_processes={self.acc.num_processes}: each process would train on all the data. "
                 f"On a machine without a GPU pass cpu=True (AccelerateCB(cpu=True)); check the launch config.")
         self.max_grad_norm = max_grad_norm
+        self._settings = (self.acc.gradient_accumulation_steps, self.acc.mixed_precision)
         self._model = self._opt = self._dls = None
         self._denominator: torch.Tensor | None = None
 
@@ -67,6 +74,12 @@ class AccelerateCB(Callback):
         return self.acc.prepare_data_loader(dl) if isinstance(dl, DataLoader) else dl
 
     def before_fit(self, learn):
+        now = (self.acc.gradient_accumulation_steps, self.acc.mixed_precision)
+        if now != self._settings:
+            raise RuntimeError(
+                f"this AccelerateCB was built with (gradient_accumulation_steps, mixed_precision)={self._settings}, "
+                f"but Accelerate's process-wide state now says {now}: another AccelerateCB was built since. "
+                f"Build this one again (AccelerateCB(...)) to use it.")
         if any(type(cb).__name__ == "GradClipCB" for cb in learn.cbs):
             raise ValueError("GradClipCB clips each micro-batch before the gradients are normalised; "
                              "under AccelerateCB pass max_grad_norm=... instead")

@@ -168,8 +168,7 @@ def test_swapping_the_custom_loss_between_fits():
     learn = Learner(model(), DataLoaders(DataLoader(ds, batch_size=8), []), lambda logits, y, w: F.cross_entropy(logits, y))
     first, second = WeightedCE(), WeightedCE()
     learn.fit(1, cbs=AccelerateCustomCB(first))
-    reset_accelerate()
-    learn.fit(1, cbs=AccelerateCustomCB(second))
+    learn.fit(1, cbs=AccelerateCustomCB(second, mixed_precision="bf16"))
     assert len(first.seen) == len(second.seen) == 2
     learn.fit(1)  # back to the plain loss and TrainCB
     assert learn.loss_parts is None and len(second.seen) == 2
@@ -211,6 +210,18 @@ def test_mixing_normalized_and_plain_losses_in_one_step_is_refused():
 
     with pytest.raises(ValueError, match="NormalizedLoss for some micro-batches"):
         weights_after(data([1.0] * 16), 4, [AccelerateCB(gradient_accumulation_steps=2)], loss=flaky)
+
+
+def test_a_new_callback_gets_its_own_settings_and_a_stale_one_says_so():
+    ds = data([1.0] * 16)
+    learn = Learner(model(), DataLoaders(DataLoader(ds, batch_size=4), []), WeightedCE())
+    first = AccelerateCB(gradient_accumulation_steps=2)
+    second = AccelerateCB(gradient_accumulation_steps=4, mixed_precision="bf16")  # no clash, no reset needed
+    assert second.acc.gradient_accumulation_steps == 4 and second.acc.mixed_precision == "bf16"
+    learn.fit(1, cbs=second)
+    with pytest.raises(RuntimeError, match="another AccelerateCB was built since"):
+        learn.fit(1, cbs=first)
+    learn.fit(1)
 
 
 def test_world_size_disagreement_is_refused(monkeypatch):
