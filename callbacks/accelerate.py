@@ -87,7 +87,12 @@ class AccelerateCB(Callback):
         if learn.model is not self._model:
             learn.model = self._model = self.acc.prepare_model(learn.model)
         if learn.opt is not self._opt:
-            learn.opt = self._opt = self.acc.prepare_optimizer(learn.opt)
+            wrapped = self.acc.prepare_optimizer(learn.opt)
+            # Without a loss scaler or XLA the wrapper only repeats what `step` here does (stepping at
+            # boundaries), while looking up installed packages on every call (~0.3 ms a step); the
+            # learner keeps the inner optimizer, so schedules and lr_find see a plain one too.
+            plain = self.acc.scaler is None and self.acc.distributed_type != DistributedType.XLA
+            learn.opt = self._opt = wrapped.optimizer if plain else wrapped
         if learn.dls is not self._dls:
             self.original_dls = learn.dls
             learn.dls = self._dls = DataLoaders(self._prepare_loader(learn.dls.train),
@@ -142,17 +147,10 @@ class AccelerateCB(Callback):
             self._denominator = None
         if self.max_grad_norm is not None:
             self.acc.clip_grad_norm_(learn.model.parameters(), self.max_grad_norm)
-        self._optimizer(learn).step()
+        learn.opt.step()
 
     def zero_grad(self, learn):
-        self._optimizer(learn).zero_grad()  # only reached at a boundary: `step` cancels the rest
-
-    def _optimizer(self, learn) -> torch.optim.Optimizer:
-        # Without a loss scaler or XLA, Accelerate's optimizer wrapper does what the inner optimizer
-        # does, but looks up installed packages and signatures on every call (~0.3 ms a step).
-        if self.acc.scaler is None and self.acc.distributed_type != DistributedType.XLA:
-            return learn.opt.optimizer
-        return learn.opt
+        learn.opt.zero_grad()  # only reached at a boundary: `step` cancels the rest
 
     # ---- state ---------------------------------------------------------------------------------
 
