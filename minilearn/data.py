@@ -65,7 +65,8 @@ def to_device(x: Any, device: torch.device | str, non_blocking: bool = False) ->
 def batch_size(batch: Any) -> int:
     """The number of samples in a batch: the length of its first tensor (first item of a tuple,
     first tensor value of a mapping)."""
-    items = batch.values() if isinstance(batch, Mapping) else batch
+    # The tuple check first: it is the common case, and isinstance against an ABC is slower.
+    items = batch if isinstance(batch, (tuple, list)) else batch.values() if isinstance(batch, Mapping) else batch
     for v in items:
         if isinstance(v, torch.Tensor):
             return v.shape[0] if v.ndim else 1

@@ -19,6 +19,7 @@ from minilearn.train import TrainCB
 __all__ = ["Learner"]
 
 CallbackArg = Callback | type | Iterable | None
+_PHASE_EVENTS = {p: (f"before_{p}", f"after_{p}", f"cleanup_{p}") for p in ("fit", "epoch", "batch")}
 
 
 def _no_owner(step: str) -> Callable:
@@ -124,17 +125,18 @@ class Learner:
     def _with_events(self, name: str, body: Callable[[], None], cancel: type[Exception]) -> None:
         # A cancel exception skips the rest of `body` (or of before_*), then after_* runs;
         # cleanup_* runs whatever happened.
+        before, after, cleanup = _PHASE_EVENTS[name]  # built once: this runs for every batch
         try:
             try:
-                self.callback(f"before_{name}")
+                self.callback(before)
                 body()
             except cancel:
                 pass
-            self.callback(f"after_{name}")
+            self.callback(after)
         except cancel:
             pass
         finally:
-            self.callback(f"cleanup_{name}")
+            self.callback(cleanup)
 
     def _one_batch(self) -> None:
         self.predict(); self.callback("after_predict")
