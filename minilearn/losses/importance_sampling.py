@@ -1,0 +1,69 @@
+"""Weaver's `importance_sampling` loss: weighted token log-likelihood times given importance weights."""
+
+import torch
+from torch import nn
+
+from minilearn.losses.logprobs import token_logprobs
+from minilearn.losses.tokens import check_token_values, masked_mean, token_mask, weight_normalized
+from minilearn.normalized_loss import NormalizedLoss
+
+__all__ = ["importance_sampling_loss", "ImportanceSamplingLoss"]
+
+
+def _check_clip_ratio(clip_ratio: float | None) -> None:
+    if clip_ratio is not None and not clip_ratio > 0:
+        raise ValueError(f"clip_ratio must be a positive number or None, got {clip_ratio!r}")
+
+
+def importance_sampling_loss(logits: torch.Tensor, target_tokens: torch.Tensor, weights: torch.Tensor,
+                             importance_weights: torch.Tensor, clip_ratio: float | None = None,
+                             ignore_index: int = -100) -> NormalizedLoss:
+    """`-(sum w_t iw_t lp_t) / (sum w_t)`, with the importance weights `iw_t` clipped to
+    `[-clip_ratio, clip_ratio]` when `clip_ratio` is set; a `NormalizedLoss` (exact under
+    accumulation and several processes).
+
+    Shapes: `logits` `(..., V)`; `target_tokens` `(...)` or `(..., K)`; `weights` and
+    `importance_weights` the shape of `target_tokens`, finite. `importance_weights` are data (for
+    example ratios computed by the sampler) and are used as given: no gradient flows through them
+    unless the caller's tensor carries one. Positions whose target is `ignore_index` count nowhere.
+
+    Metrics: `mean_importance_weight` (after clipping), `clip_fraction` (share of counted tokens
+    whose weight was clipped), `weight_sum`, `zero_weight_batches`.
+
+    >>> logits = torch.zeros(2, 2)
+    >>> out = importance_sampling_loss(logits, torch.tensor([0, 1]), torch.ones(2), torch.tensor([0.5, 4.0]), clip_ratio=2.0)
+    >>> round(out.value.item(), 4), out.metrics["clip_fraction"].item()
+    (0.8664, 0.5)
+    """
+    _check_clip_ratio(clip_ratio)
+    lp = token_logprobs(logits, target_tokens, ignore_index)
+    check_token_values("weights", weights, target_tokens)
+    check_token_values("importance_weights", importance_weights, target_tokens)
+    w, iw, mask = weights.to(lp.dtype), importance_weights.to(lp.dtype), token_mask(target_tokens, ignore_index)
+    clipped = iw if clip_ratio is None else iw.clamp(-clip_ratio, clip_ratio)
+    metrics = {"mean_importance_weight": masked_mean(clipped.detach(), mask),
+               "clip_fraction": masked_mean((clipped != iw).to(lp.dtype), mask)}
+    return weight_normalized(w * clipped * lp, w, mask, metrics)
+
+
+class ImportanceSamplingLoss(nn.Module):
+    """`importance_sampling_loss` as a loss module:
+    `forward(logits, target_tokens, weights, importance_weights)` names the batch inputs it takes.
+
+    >>> loss = ImportanceSamplingLoss(clip_ratio=2.0)
+    >>> loss(torch.zeros(2, 2), torch.tensor([0, 1]), torch.ones(2), torch.ones(2)).value
+    tensor(0.6931)
+    """
+
+    def __init__(self, clip_ratio: float | None = None, ignore_index: int = -100):
+        super().__init__()
+        _check_clip_ratio(clip_ratio)
+        self.clip_ratio, self.ignore_index = clip_ratio, ignore_index
+
+    def forward(self, logits: torch.Tensor, target_tokens: torch.Tensor, weights: torch.Tensor,
+                importance_weights: torch.Tensor) -> NormalizedLoss:
+        return importance_sampling_loss(logits, target_tokens, weights, importance_weights, self.clip_ratio,
+                                        self.ignore_index)
+
+    def extra_repr(self) -> str:
+        return f"clip_ratio={self.clip_ratio}, ignore_index={self.ignore_index}"

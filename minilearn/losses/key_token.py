@@ -1,0 +1,102 @@
+"""The key-token weighted causal-LM loss of the Hugging Face course (chapter 7, "Training a causal
+language model from scratch"): samples that use the key tokens more count more."""
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from minilearn.losses.logprobs import _target_logprobs, check_targets, shift_targets
+from minilearn.losses.tokens import masked_mean, masked_sum
+from minilearn.normalized_loss import NormalizedLoss
+
+__all__ = ["key_token_weighted_loss", "KeyTokenWeightedLoss"]
+
+
+def _as_ids(keytoken_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    ids = torch.as_tensor(keytoken_ids)
+    if ids.numel() == 0:  # no key tokens: every sample weighs alpha (`[]` reads as a float tensor)
+        return ids.reshape(-1).long()
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool or ids.ndim > 1:
+        raise TypeError(f"keytoken_ids must be a sequence of integer token ids, got {keytoken_ids!r}")
+    return ids.reshape(-1).long()
+
+
+def key_token_weighted_loss(logits: torch.Tensor, input_ids: torch.Tensor,
+                            keytoken_ids: Sequence[int] | torch.Tensor, alpha: float = 1.0,
+                            attention_mask: torch.Tensor | None = None, pad_token_id: int | None = None,
+                            ignore_index: int = -100) -> NormalizedLoss:
+    """Key-token weighted causal-LM loss.
+
+    Position t predicts token t+1 (the logits are not sliced: the last position has no target). For
+    each sample b: `loss_b` is the mean cross-entropy over its non-padding targets,
+    `weight_b = alpha * (1 + number of key tokens among its non-padding input_ids)`, and the loss is
+    the mean over samples of `weight_b * loss_b`. With no padding this is exactly the course's
+    `keytoken_weighted_loss`, which counts the key tokens over the whole of `input_ids`.
+
+    Returned as `NormalizedLoss(total=sum_b weight_b loss_b, denominator=number of samples)`, so the
+    mean is over all the samples of an accumulated or multi-process step. A sample with no
+    non-padding target (all padding, or a single token) counts in neither.
+
+    Shapes: `logits` `(B, T, V)`, `input_ids` `(B, T)` integer. Padding: positions where
+    `attention_mask` is 0, and positions holding `pad_token_id` when it is given. Metric:
+    `mean_sample_weight`.
+
+    >>> logits = torch.zeros(2, 3, 4)                  # every token has probability 1/4
+    >>> ids = torch.tensor([[1, 2, 3], [3, 3, 0]])
+    >>> out = key_token_weighted_loss(logits, ids, keytoken_ids=[3], alpha=1.0)
+    >>> round(out.value.item(), 4), out.metrics["mean_sample_weight"].item()   # log(4) * (2 + 3) / 2
+    (3.4657, 2.5)
+    """
+    check_targets(logits, input_ids, ignore_index, name="input_ids")
+    if input_ids.ndim != logits.ndim - 1 or input_ids.ndim < 1:
+        raise ValueError(f"input_ids of shape {tuple(input_ids.shape)} must be (..., T) with logits (..., T, V), "
+                         f"got logits of shape {tuple(logits.shape)}")
+    keep = torch.ones_like(input_ids, dtype=torch.bool)
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask of shape {tuple(attention_mask.shape)} must have the shape of "
+                             f"input_ids, {tuple(input_ids.shape)}")
+        keep &= attention_mask.bool()
+    if pad_token_id is not None:
+        keep &= input_ids != pad_token_id
+    # Only the target side is masked, as Hugging Face does with labels = input_ids and -100 at the
+    # padding: under left padding the last pad position predicts the first real token.
+    targets = torch.where(shift_targets(keep.long(), 0).bool(), shift_targets(input_ids, ignore_index), ignore_index)
+    target_mask = targets != ignore_index
+    lp = _target_logprobs(logits, targets, ignore_index)
+    n_targets = target_mask.sum(-1)
+    per_sample = -lp.sum(-1) / n_targets.clamp(min=1).to(lp.dtype)
+    n_key = (torch.isin(input_ids, _as_ids(keytoken_ids).to(input_ids.device)) & keep).sum(-1)
+    sample_weight = alpha * (1 + n_key.to(lp.dtype))
+    counted = n_targets > 0
+    return NormalizedLoss(masked_sum(sample_weight * per_sample, counted), counted.sum(),
+                          {"mean_sample_weight": masked_mean(sample_weight, counted)})
+
+
+class KeyTokenWeightedLoss(nn.Module):
+    """`key_token_weighted_loss` as a loss module: `forward(logits, input_ids, attention_mask=None)`
+    names the batch inputs it takes (a Hugging Face style mapping batch gives both).
+
+    `keytoken_ids`: the token ids that raise a sample's weight (for example the ids of `np` and
+    `pd`); `alpha`: the weight scale; `pad_token_id`: padding to exclude besides `attention_mask`.
+
+    >>> loss = KeyTokenWeightedLoss([3], alpha=2.0)
+    >>> loss(torch.zeros(1, 3, 4), torch.tensor([[1, 2, 0]])).value   # no key token: alpha * log(4)
+    tensor(2.7726)
+    """
+
+    def __init__(self, keytoken_ids: Sequence[int] | torch.Tensor, alpha: float = 1.0,
+                 pad_token_id: int | None = None, ignore_index: int = -100):
+        super().__init__()
+        # A buffer, so that `.to(device)` moves the ids with the module.
+        self.register_buffer("keytoken_ids", _as_ids(keytoken_ids), persistent=False)
+        self.alpha, self.pad_token_id, self.ignore_index = alpha, pad_token_id, ignore_index
+
+    def forward(self, logits: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> NormalizedLoss:
+        return key_token_weighted_loss(logits, input_ids, self.keytoken_ids, self.alpha, attention_mask,
+                                       self.pad_token_id, self.ignore_index)
+
+    def extra_repr(self) -> str:
+        return f"keytoken_ids={self.keytoken_ids.tolist()}, alpha={self.alpha}, pad_token_id={self.pad_token_id}"

@@ -1,0 +1,150 @@
+"""Target log-probabilities from logits, in at least float32, without a full log-softmax copy.
+
+`lp_t = logits_t[target_t] - logsumexp(logits_t)`, computed in row chunks, each upcast on its own,
+so neither the forward nor the backward pass holds a float32 copy of the whole `(tokens, vocab)`
+log-softmax, even for bfloat16 logits of a large vocabulary.
+"""
+
+from collections.abc import Iterator
+
+import torch
+
+__all__ = ["token_logprobs", "shift_targets", "check_targets"]
+
+# About 32 MiB of float32 a chunk: large enough that the per-chunk overhead is noise, small enough
+# that a chunk's upcast copy and log-softmax stay far below the size of the logits.
+_CHUNK_ELEMENTS = 1 << 23
+
+
+def _shapes(logits: torch.Tensor, targets: torch.Tensor, name: str) -> str:
+    return f"{name} shape {tuple(targets.shape)}, logits shape {tuple(logits.shape)}"
+
+
+def check_targets(logits: torch.Tensor, target_tokens: torch.Tensor, ignore_index: int = -100,
+                  name: str = "target_tokens") -> None:
+    """Raise a clear error when `target_tokens` cannot index `logits` (shape `(..., V)`); `name` is
+    how the error calls the targets (a loss that takes `input_ids` passes `"input_ids"`).
+
+    - `TypeError`: logits not floating point, or targets not integer;
+    - `ValueError`: targets neither of shape `logits.shape[:-1]` nor `(*logits.shape[:-1], K)`;
+    - `ValueError`: a target id outside `[0, V)` other than `ignore_index` (checked here, before a
+      `gather` that on a GPU would fail with a device-side assert instead of a message).
+
+    >>> check_targets(torch.zeros(2, 5), torch.tensor([4, -100]))
+    >>> check_targets(torch.zeros(2, 5), torch.tensor([5, 0]))
+    Traceback (most recent call last):
+    ...
+    ValueError: target_tokens holds the id 5, outside [0, 5) where 5 = logits.shape[-1] is the vocabulary size (only ignore_index=-100 may lie outside); target_tokens shape (2,), logits shape (2, 5)
+    """
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        got = logits.dtype if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise TypeError(f"logits must be a floating-point tensor, got {got}")
+    if not isinstance(target_tokens, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor of integer token ids, got {type(target_tokens).__name__}")
+    if target_tokens.is_floating_point() or target_tokens.is_complex() or target_tokens.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer token ids, got dtype {target_tokens.dtype}; "
+                        f"{_shapes(logits, target_tokens, name)}")
+    lead, shape = tuple(logits.shape[:-1]), tuple(target_tokens.shape)
+    if shape != lead and not (len(shape) == len(lead) + 1 and shape[:-1] == lead):
+        raise ValueError(f"{name} of shape {shape} does not line up with logits of shape {tuple(logits.shape)}: "
+                         f"expected {name} of shape {lead} (one target a position) or {lead + ('K',)} "
+                         f"(K candidate targets a position)")
+    vocab = logits.shape[-1]
+    bad = (target_tokens != ignore_index) & ((target_tokens < 0) | (target_tokens >= vocab))
+    if bad.any():
+        first = target_tokens[bad][0].item()
+        raise ValueError(f"{name} holds the id {first}, outside [0, {vocab}) where {vocab} = logits.shape[-1] is "
+                         f"the vocabulary size (only ignore_index={ignore_index} may lie outside); "
+                         f"{_shapes(logits, target_tokens, name)}")
+
+
+def _chunks(rows: int, vocab: int, chunk_rows: int | None) -> Iterator[slice]:
+    step = max(1, chunk_rows or _CHUNK_ELEMENTS // max(vocab, 1))
+    for start in range(0, rows, step):
+        yield slice(start, start + step)
+
+
+class _ChunkedTargetLogprobs(torch.autograd.Function):
+    """`log_softmax(logits[r])[t[r, k]]` for the rows `r` of a 2-d `logits`, a chunk of rows at a
+    time; 0 where not `keep`.
+
+    Written by hand because autograd would save each chunk's float32 log-softmax for the backward,
+    which adds up to the full float32 copy this function exists to avoid; the backward recomputes
+    the softmax a chunk at a time from the saved logits instead. Each chunk is a fused `log_softmax`
+    then a `gather`: the same value as `gather - logsumexp`, about twice as fast as `logsumexp`
+    (which runs as separate max, exp and sum passes).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, keep, chunk_rows, dtype):
+        lp = torch.empty(targets.shape, dtype=dtype, device=logits.device)
+        for rows in _chunks(logits.shape[0], logits.shape[1], chunk_rows):
+            lp[rows] = torch.log_softmax(logits[rows].to(dtype), -1).gather(1, targets[rows])
+        ctx.save_for_backward(logits, targets, keep)
+        ctx.chunk_rows, ctx.dtype = chunk_rows, dtype
+        return torch.where(keep, lp, torch.zeros((), dtype=dtype, device=lp.device))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_lp):
+        logits, targets, keep = ctx.saved_tensors
+        # d lp_k / d logits_j = [j == t_k] - softmax_j; ignored positions pass no gradient.
+        g = torch.where(keep, grad_lp, torch.zeros((), dtype=grad_lp.dtype, device=grad_lp.device))
+        g_sum = g.sum(1, keepdim=True)
+        grad = torch.empty_like(logits)
+        for rows in _chunks(logits.shape[0], logits.shape[1], ctx.chunk_rows):
+            part = torch.log_softmax(logits[rows].to(ctx.dtype), -1).exp_().mul_(-g_sum[rows])
+            grad[rows] = part.scatter_add_(1, targets[rows], g[rows])
+        return grad, None, None, None, None
+
+
+def token_logprobs(logits: torch.Tensor, target_tokens: torch.Tensor, ignore_index: int = -100,
+                   chunk_rows: int | None = None) -> torch.Tensor:
+    """Log-probabilities `log softmax(logits)[target]` of the target tokens.
+
+    - `logits`: `(..., V)`, any floating dtype. Computed in float32 for float16/bfloat16 logits, in
+      float64 for float64 logits (never below float32).
+    - `target_tokens`: integer, `(...)` (one target a position) or `(..., K)` (K candidates a
+      position, as in top-K distillation). Positions equal to `ignore_index` give 0 and no gradient.
+    - returns: the shape of `target_tokens`.
+    - `chunk_rows`: rows of `logits` normalised at a time (default: about 8M elements a chunk).
+
+    Bad targets raise a clear error (see `check_targets`).
+
+    >>> logits = torch.tensor([[0.0, 0.0], [0.0, 2.0]])
+    >>> token_logprobs(logits, torch.tensor([1, -100]))   # log(1/2), and 0 at the ignored position
+    tensor([-0.6931,  0.0000])
+    >>> token_logprobs(logits.bfloat16(), torch.tensor([[0, 1], [0, 1]])).dtype
+    torch.float32
+    """
+    check_targets(logits, target_tokens, ignore_index)
+    return _target_logprobs(logits, target_tokens, ignore_index, chunk_rows)
+
+
+def _target_logprobs(logits: torch.Tensor, target_tokens: torch.Tensor, ignore_index: int,
+                     chunk_rows: int | None = None) -> torch.Tensor:
+    # `token_logprobs` without the checks, for losses that checked their inputs under their own names.
+    vocab = logits.shape[-1]
+    candidates = target_tokens.ndim == logits.ndim
+    targets = target_tokens if candidates else target_tokens.unsqueeze(-1)
+    targets = targets.reshape(-1, targets.shape[-1])
+    keep = targets != ignore_index
+    safe = torch.where(keep, targets, torch.zeros((), dtype=targets.dtype, device=targets.device)).long()
+    dtype = torch.float32 if logits.element_size() < 4 else logits.dtype
+    lp = _ChunkedTargetLogprobs.apply(logits.reshape(-1, vocab), safe, keep, chunk_rows, dtype)
+    return lp.reshape(target_tokens.shape)
+
+
+def shift_targets(input_ids: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Next-token targets for a causal LM: position t predicts token t+1, so the targets are
+    `input_ids` moved one step left along the last dimension, with `ignore_index` at the end.
+
+    `input_ids`: `(..., T)` integer; returns the same shape, so it pairs with logits `(..., T, V)`
+    without slicing (and copying) the logits.
+
+    >>> shift_targets(torch.tensor([[5, 6, 7]]))
+    tensor([[   6,    7, -100]])
+    """
+    out = torch.full_like(input_ids, ignore_index)
+    out[..., :-1] = input_ids[..., 1:]
+    return out

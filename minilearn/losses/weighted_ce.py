@@ -1,0 +1,76 @@
+"""Weighted token cross-entropy: Weaver's `cross_entropy` and Tinker's sum form."""
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from minilearn.losses.logprobs import token_logprobs
+from minilearn.losses.tokens import check_token_values, token_mask, weight_normalized
+from minilearn.normalized_loss import NormalizedLoss
+
+__all__ = ["weighted_cross_entropy", "WeightedCrossEntropy", "Reduction"]
+
+Reduction = Literal["weight_mean", "sum"]
+_REDUCTIONS = ("weight_mean", "sum")
+
+
+def _check_reduction(reduction: str) -> None:
+    """Raise a clear error for a reduction other than `"weight_mean"` or `"sum"`."""
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def weighted_cross_entropy(logits: torch.Tensor, target_tokens: torch.Tensor, weights: torch.Tensor,
+                           reduction: Reduction = "weight_mean",
+                           ignore_index: int = -100) -> NormalizedLoss | tuple[torch.Tensor, dict]:
+    """Token cross-entropy weighted per target token.
+
+    - `"weight_mean"` (Weaver `cross_entropy`): `-(sum w_t lp_t) / (sum w_t)`, returned as
+      `NormalizedLoss(total, denominator, metrics)` so that it stays exact under gradient
+      accumulation and several processes; `.value` is the ratio.
+    - `"sum"` (Tinker): `-(sum w_t lp_t)`, returned as `(loss, metrics)`.
+
+    Shapes: `logits` `(..., V)`; `target_tokens` `(...)`, or `(..., K)` for K candidate tokens a
+    position (top-K distillation); `weights` exactly the shape of `target_tokens`, finite. Positions
+    whose target is `ignore_index` count in neither sum. Weights that sum to zero give a zero loss
+    with zero gradient and the metric `zero_weight_batches` = 1.
+
+    >>> logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    >>> out = weighted_cross_entropy(logits, torch.tensor([0, 1]), torch.tensor([1.0, 3.0]))
+    >>> round(out.value.item(), 4), out.metrics["weight_sum"].item()
+    (0.5516, 4.0)
+    """
+    _check_reduction(reduction)
+    lp = token_logprobs(logits, target_tokens, ignore_index)
+    check_token_values("weights", weights, target_tokens)
+    w, mask = weights.to(lp.dtype), token_mask(target_tokens, ignore_index)
+    out = weight_normalized(w * lp, w, mask)
+    if reduction == "sum":
+        return out.total, out.metrics
+    return out
+
+
+class WeightedCrossEntropy(nn.Module):
+    """`weighted_cross_entropy` as a loss module: `forward(logits, target_tokens, weights)` names the
+    batch inputs it takes (see `minilearn.inputs`).
+
+    `reduction="weight_mean"` returns a `NormalizedLoss` (exact under accumulation), `"sum"` returns
+    `(loss, metrics)`.
+
+    >>> loss = WeightedCrossEntropy()
+    >>> loss(torch.zeros(3, 4), torch.tensor([0, 1, 2]), torch.ones(3)).value
+    tensor(1.3863)
+    """
+
+    def __init__(self, reduction: Reduction = "weight_mean", ignore_index: int = -100):
+        super().__init__()
+        _check_reduction(reduction)
+        self.reduction, self.ignore_index = reduction, ignore_index
+
+    def forward(self, logits: torch.Tensor, target_tokens: torch.Tensor,
+                weights: torch.Tensor) -> NormalizedLoss | tuple[torch.Tensor, dict]:
+        return weighted_cross_entropy(logits, target_tokens, weights, self.reduction, self.ignore_index)
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}, ignore_index={self.ignore_index}"
