@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ["minilearn.callback", "minilearn.data", "minilearn.inputs", "minilearn.learner", "minilearn.train",
+MODULES = ["minilearn.corpus", "minilearn.models", "minilearn.normalized_loss", "minilearn.callback", "minilearn.data", "minilearn.inputs", "minilearn.learner", "minilearn.train",
            "minilearn.lr_finder", "minilearn.callbacks.metrics", "minilearn.callbacks.schedule"]
 
 
@@ -38,14 +38,15 @@ def test_readme_shows_the_test_command_that_ci_runs():
 
 def test_demo_runs_writes_the_plot_and_prints_the_table(tmp_path):
     png = tmp_path / "loss.png"
-    out = subprocess.run([sys.executable, "-m", "minilearn", "demo", "--epochs", "2", "--samples", "1200",
+    out = subprocess.run([sys.executable, "-m", "minilearn", "demo", "--epochs", "1", "--chars", "40000",
                           "--out", str(png)], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "MPLBACKEND": "Agg"})
     assert out.returncode == 0, out.stderr
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
-    assert "phase" in out.stdout and "final validation: loss" in out.stdout
+    assert "phase" in out.stdout and "mean_sample_weight" in out.stdout
+    assert re.search(r"key-token accuracy: plain cross-entropy [\d.]+, key-token weighted [\d.]+", out.stdout)
 
 
 def test_demo_help_lists_its_options():
     out = subprocess.run([sys.executable, "-m", "minilearn", "demo", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "--epochs" in out.stdout and "--out" in out.stdout
+    assert out.returncode == 0 and all(o in out.stdout for o in ("--epochs", "--chars", "--alpha", "--out"))

@@ -1,0 +1,48 @@
+"""TinyCausalLM: a small decoder-only transformer, enough to train on CPU in a demo or a test."""
+
+import torch
+from torch import nn
+
+__all__ = ["TinyCausalLM"]
+
+
+class TinyCausalLM(nn.Module):
+    """A GPT-style language model: token and position embeddings, `n_layers` pre-norm transformer
+    blocks with causal self-attention, and a linear head tied to the token embedding.
+
+    `forward(input_ids (B, T), attention_mask (B, T) or None)` returns logits `(B, T, vocab_size)`;
+    position t sees positions <= t only, so its logits predict token t+1.
+
+    >>> model = TinyCausalLM(vocab_size=50, dim=32, n_layers=1, n_heads=2, max_len=16)
+    >>> model(torch.zeros(2, 8, dtype=torch.long)).shape
+    torch.Size([2, 8, 50])
+    """
+
+    def __init__(self, vocab_size: int, dim: int = 128, n_layers: int = 2, n_heads: int = 4, max_len: int = 256,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.tok = nn.Embedding(vocab_size, dim)
+        self.pos = nn.Embedding(max_len, dim)
+        layer = nn.TransformerEncoderLayer(dim, n_heads, dim_feedforward=4 * dim, dropout=dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        # enable_nested_tensor only helps padded inference; it warns with norm_first layers.
+        self.blocks = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab_size, bias=False)
+        self.head.weight = self.tok.weight  # tied: fewer parameters, better small models
+        self.max_len = max_len
+        # GPT-2's scale: with the default N(0, 1) a tied head starts with logits of size ~sqrt(dim),
+        # a loss of ~30 nats instead of log(vocab_size), and a long first phase undoing it.
+        nn.init.normal_(self.tok.weight, std=0.02)
+        nn.init.normal_(self.pos.weight, std=0.02)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, T = input_ids.shape
+        if T > self.max_len:
+            raise ValueError(f"input_ids has {T} positions but the model was built with max_len={self.max_len}")
+        x = self.tok(input_ids) + self.pos(torch.arange(T, device=input_ids.device))
+        causal = nn.Transformer.generate_square_subsequent_mask(T, device=input_ids.device, dtype=x.dtype)
+        # Padding is masked as keys too, so real tokens never attend to it.
+        pad = None if attention_mask is None else attention_mask == 0
+        x = self.blocks(x, mask=causal, src_key_padding_mask=pad, is_causal=True)
+        return self.head(self.norm(x))
