@@ -84,26 +84,22 @@ def test_accumulation_steps_give_the_weights_of_the_whole_global_batch(weights):
         assert_close(got, ref, 1e-5)
 
 
-def test_accumulation_steps_once_per_boundary_so_schedules_see_real_steps():
-    steps = []
+class StepIters(Callback):
+    """Records the batch index of every optimizer step."""
 
-    class CountSteps(Callback):
-        def after_step(self, learn):
-            steps.append(learn.iter)
+    def __init__(self):
+        self.iters = []
 
-    weights_after(data([1.0] * 32), 4, [AccelerateCB(gradient_accumulation_steps=4), CountSteps()], epochs=1)
-    assert steps == [3, 7]
+    def after_step(self, learn):
+        self.iters.append(learn.iter)
 
 
-def test_uneven_last_accumulation_cycle_still_steps():
-    steps = []
-
-    class CountSteps(Callback):
-        def after_step(self, learn):
-            steps.append(learn.iter)
-
-    weights_after(data([1.0] * 24), 4, [AccelerateCB(gradient_accumulation_steps=4), CountSteps()], epochs=1)
-    assert steps == [3, 5]  # 6 micro-batches: a full cycle, then the end of the data closes a short one
+@pytest.mark.parametrize("n, expected", [(32, [3, 7]),
+                                         (24, [3, 5])])  # 6 micro-batches: the end of the data closes a short cycle
+def test_accumulation_steps_once_per_boundary_so_schedules_see_real_steps(n, expected):
+    steps = StepIters()
+    weights_after(data([1.0] * n), 4, [AccelerateCB(gradient_accumulation_steps=4), steps], epochs=1)
+    assert steps.iters == expected
 
 
 def test_custom_loss_and_metrics_reach_metrics_cb_and_the_progress_table(capsys):
