@@ -65,6 +65,13 @@ class AccelerateCB(Callback):
                 f"num_processes={self.acc.num_processes}: each process would train on all the data. "
                 f"On a machine without a GPU pass cpu=True (AccelerateCB(cpu=True)); check the launch config.")
         self.max_grad_norm = max_grad_norm
+        # Without a loss scaler, DeepSpeed, Megatron or XLA, Accelerate's optimizer wrapper and
+        # `backward` only do what `step` and `backward` below do, plus bookkeeping that looks up
+        # installed packages and signatures on every call (0.1-0.3 ms a batch): then we skip them.
+        self._plain = self.acc.scaler is None and self.acc.distributed_type not in (
+            DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM, DistributedType.XLA)
+        # Accumulation bookkeeping is only needed with several micro-batches or processes a step.
+        self._accumulating = gradient_accumulation_steps > 1 or self.acc.num_processes > 1
         self._settings = (self.acc.gradient_accumulation_steps, self.acc.mixed_precision)
         self._model = self._opt = self._dls = None
         self._denominator: torch.Tensor | None = None
@@ -88,11 +95,8 @@ class AccelerateCB(Callback):
             learn.model = self._model = self.acc.prepare_model(learn.model)
         if learn.opt is not self._opt:
             wrapped = self.acc.prepare_optimizer(learn.opt)
-            # Without a loss scaler or XLA the wrapper only repeats what `step` here does (stepping at
-            # boundaries), while looking up installed packages on every call (~0.3 ms a step); the
-            # learner keeps the inner optimizer, so schedules and lr_find see a plain one too.
-            plain = self.acc.scaler is None and self.acc.distributed_type != DistributedType.XLA
-            learn.opt = self._opt = wrapped.optimizer if plain else wrapped
+            # The learner then keeps a plain optimizer, which schedules and lr_find also see.
+            learn.opt = self._opt = wrapped.optimizer if self._plain else wrapped
         if learn.dls is not self._dls:
             self.original_dls = learn.dls
             learn.dls = self._dls = DataLoaders(self._prepare_loader(learn.dls.train),
@@ -104,14 +108,14 @@ class AccelerateCB(Callback):
     def before_batch(self, learn):
         if not isinstance(learn.dl, DataLoader):  # prepared loaders place batches themselves
             learn.batch = to_device(learn.batch, self.acc.device)
-        if learn.training:
+        if learn.training and self._accumulating:
             # Decides whether this micro-batch ends an accumulation cycle (acc.sync_gradients) and,
             # between boundaries, stops DDP from all-reducing gradients that are not final yet.
             self._accumulate = self.acc.accumulate(learn.model)
             self._accumulate.__enter__()
 
     def cleanup_batch(self, learn):
-        if learn.training:
+        if learn.training and self._accumulating:
             self._accumulate.__exit__(None, None, None)
 
     def after_predict(self, learn):
@@ -126,11 +130,18 @@ class AccelerateCB(Callback):
             if self._denominator is not None:
                 raise ValueError("a loss returned NormalizedLoss for some micro-batches of this step and a "
                                  "plain scalar for others; return the same kind every time")
-            self.acc.backward(learn.loss)
+            self._backward(learn.loss)
             return
-        self.acc.backward(parts.total)
+        self._backward(parts.total)
         d = parts.denominator.float()
         self._denominator = d if self._denominator is None else self._denominator + d
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if not self._plain:
+            self.acc.backward(loss)
+            return
+        k = self.acc.gradient_accumulation_steps
+        (loss / k if k > 1 else loss).backward()  # what acc.backward does in this case
 
     def step(self, learn):
         if not self.acc.sync_gradients:

@@ -43,6 +43,8 @@ class TinyCausalLM(nn.Module):
         x = self.tok(input_ids) + self.pos(torch.arange(T, device=input_ids.device))
         causal = nn.Transformer.generate_square_subsequent_mask(T, device=input_ids.device, dtype=x.dtype)
         # Padding is masked as keys too, so real tokens never attend to it.
-        pad = None if attention_mask is None else attention_mask == 0
+        # (as a float mask, the causal mask's type: mixing bool and float masks is deprecated)
+        pad = None if attention_mask is None else torch.zeros(B, T, dtype=x.dtype, device=x.device).masked_fill(
+            attention_mask == 0, float("-inf"))
         x = self.blocks(x, mask=causal, src_key_padding_mask=pad, is_causal=True)
         return self.head(self.norm(x))
