@@ -18,6 +18,7 @@ from minilearn.callback import Callback
 from minilearn.data import DataLoaders, to_device
 from minilearn.exceptions import CancelBatchException
 from minilearn.inputs import loss_call, signature_of, store_loss
+from minilearn.losses.linear_logprobs import LinearLogits
 
 __all__ = ["AccelerateCB", "AccelerateCustomCB", "float32_outputs"]
 
@@ -120,7 +121,13 @@ class AccelerateCB(Callback):
 
     def after_predict(self, learn):
         if not learn.training and self.acc.num_processes > 1:
-            learn.preds, learn.batch = self.acc.gather_for_metrics((learn.preds, learn.batch))
+            preds = learn.preds
+            if isinstance(preds, LinearLogits):
+                # Every process holds the same output layer: gather the hidden states only.
+                hidden, learn.batch = self.acc.gather_for_metrics((preds.hidden, learn.batch))
+                learn.preds = LinearLogits(hidden, preds.weight, preds.bias)
+            else:
+                learn.preds, learn.batch = self.acc.gather_for_metrics((preds, learn.batch))
 
     # ---- the steps ---------------------------------------------------------------------------
 
@@ -175,7 +182,11 @@ class AccelerateCB(Callback):
 
 
 def float32_outputs(x: Any) -> Any:
-    """Upcast every half-precision floating tensor in a nested output to float32 (float64 stays)."""
+    """Upcast every half-precision floating tensor in a nested output to float32 (float64 stays).
+
+    `LinearLogits` pass unchanged: their log-probabilities are computed in float32 anyway, and an
+    upcast copy of the output layer is what they exist to avoid.
+    """
     if isinstance(x, torch.Tensor):
         return x.float() if x.is_floating_point() and x.element_size() < 4 else x
     if isinstance(x, tuple) and not hasattr(x, "_fields"):

@@ -5,6 +5,7 @@ from minilearn.data import DataLoaders, batch_size, default_device, to_device
 from minilearn.events import EVENTS, STEPS
 from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException, LossOutputError,
                                   MissingInputError, UnknownEventError)
+from minilearn.fused_head import FusedHead
 from minilearn.learner import Learner
 from minilearn.lr_finder import LRFinderCB
 from minilearn.normalized_loss import NormalizedLoss
@@ -16,5 +17,5 @@ __all__ = [
     "Learner", "Callback", "TrainCB", "LRFinderCB", "EVENTS", "STEPS", "misspelt_events",
     "CancelFitException", "CancelEpochException", "CancelBatchException",
     "UnknownEventError", "MissingInputError", "LossOutputError",
-    "NormalizedLoss", "DataLoaders", "to_device", "batch_size", "default_device",
+    "NormalizedLoss", "DataLoaders", "to_device", "batch_size", "default_device", "FusedHead",
 ]

@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from minilearn.losses.linear_logprobs import LinearLogits
+
 __all__ = ["TinyCausalLM"]
 
 
@@ -11,15 +13,21 @@ class TinyCausalLM(nn.Module):
     blocks with causal self-attention, and a linear head tied to the token embedding.
 
     `forward(input_ids (B, T), attention_mask (B, T) or None)` returns logits `(B, T, vocab_size)`;
-    position t sees positions <= t only, so its logits predict token t+1.
+    position t sees positions <= t only, so its logits predict token t+1. With `fused_head=True`
+    (an attribute too, so it can be switched for evaluation) it returns `LinearLogits` instead:
+    the final hidden states and the head's weight, which every loss of `minilearn.losses` takes in
+    place of the logits without materialising them (see `minilearn.FusedHead`).
 
     >>> model = TinyCausalLM(vocab_size=50, dim=32, n_layers=1, n_heads=2, max_len=16)
     >>> model(torch.zeros(2, 8, dtype=torch.long)).shape
     torch.Size([2, 8, 50])
+    >>> model.fused_head = True
+    >>> model(torch.zeros(2, 8, dtype=torch.long))
+    LinearLogits(shape=(2, 8, 50), dtype=torch.float32, hidden torch.float32, weight torch.float32, bias=None)
     """
 
     def __init__(self, vocab_size: int, dim: int = 128, n_layers: int = 2, n_heads: int = 4, max_len: int = 256,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, fused_head: bool = False):
         super().__init__()
         self.tok = nn.Embedding(vocab_size, dim)
         self.pos = nn.Embedding(max_len, dim)
@@ -30,13 +38,14 @@ class TinyCausalLM(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab_size, bias=False)
         self.head.weight = self.tok.weight  # tied: fewer parameters, better small models
-        self.max_len = max_len
+        self.max_len, self.fused_head = max_len, fused_head
         # GPT-2's scale: with the default N(0, 1) a tied head starts with logits of size ~sqrt(dim),
         # a loss of ~30 nats instead of log(vocab_size), and a long first phase undoing it.
         nn.init.normal_(self.tok.weight, std=0.02)
         nn.init.normal_(self.pos.weight, std=0.02)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                ) -> torch.Tensor | LinearLogits:
         B, T = input_ids.shape
         if T > self.max_len:
             raise ValueError(f"input_ids has {T} positions but the model was built with max_len={self.max_len}")
@@ -46,5 +55,5 @@ class TinyCausalLM(nn.Module):
         # (as a float mask, the causal mask's type: mixing bool and float masks is deprecated)
         pad = None if attention_mask is None else torch.zeros(B, T, dtype=x.dtype, device=x.device).masked_fill(
             attention_mask == 0, float("-inf"))
-        x = self.blocks(x, mask=causal, src_key_padding_mask=pad, is_causal=True)
-        return self.head(self.norm(x))
+        hidden = self.norm(self.blocks(x, mask=causal, src_key_padding_mask=pad, is_causal=True))
+        return LinearLogits(hidden, self.head.weight) if self.fused_head else self.head(hidden)

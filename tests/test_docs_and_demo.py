@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ["minilearn.corpus", "minilearn.models", "minilearn.normalized_loss", "minilearn.callback", "minilearn.data", "minilearn.inputs", "minilearn.learner", "minilearn.train",
+MODULES = ["minilearn.corpus", "minilearn.models", "minilearn.fused_head", "minilearn.normalized_loss", "minilearn.callback", "minilearn.data", "minilearn.inputs", "minilearn.learner", "minilearn.train",
            "minilearn.lr_finder", "minilearn.callbacks.metrics", "minilearn.callbacks.schedule"]
 
 

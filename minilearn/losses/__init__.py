@@ -1,20 +1,24 @@
 """Plug-in losses: each a plain function over tensors plus a thin `nn.Module` whose `forward`
 names the batch inputs it takes (see `minilearn.inputs`).
 
-Every log-probability goes through `token_logprobs` (at least float32, no full log-softmax copy).
+Every log-probability goes through `token_logprobs` (at least float32, no full log-softmax copy),
+also when the model returns `LinearLogits` (hidden states and its output layer) instead of logits:
+then `linear_token_logprobs` computes them without materialising the logits.
 Losses normalised by a sum of weights return `NormalizedLoss`, so they stay exact under gradient
 accumulation and several processes; sum-reduced ones return `(loss, metrics)`.
 """
 
 from minilearn.losses.importance_sampling import ImportanceSamplingLoss, importance_sampling_loss
 from minilearn.losses.key_token import KeyTokenWeightedLoss, key_token_weighted_loss
-from minilearn.losses.logprobs import check_targets, shift_targets, token_logprobs
+from minilearn.losses.linear_logprobs import LinearLogits, linear_tile_shape, linear_token_logprobs
+from minilearn.losses.logprobs import LazyLogits, check_targets, shift_targets, token_logprobs
 from minilearn.losses.policy_gradient import PolicyGradientKind, PolicyGradientLoss, policy_gradient_loss
 from minilearn.losses.tokens import check_token_values, masked_mean, masked_sum, token_mask, weight_normalized
 from minilearn.losses.weighted_ce import Reduction, WeightedCrossEntropy, weighted_cross_entropy
 
 __all__ = [
     "token_logprobs", "shift_targets", "check_targets",
+    "linear_token_logprobs", "LinearLogits", "LazyLogits", "linear_tile_shape",
     "weighted_cross_entropy", "WeightedCrossEntropy", "Reduction",
     "importance_sampling_loss", "ImportanceSamplingLoss",
     "policy_gradient_loss", "PolicyGradientLoss", "PolicyGradientKind",

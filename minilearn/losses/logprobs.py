@@ -3,29 +3,51 @@
 `lp_t = logits_t[target_t] - logsumexp(logits_t)`, computed in row chunks, each upcast on its own,
 so neither the forward nor the backward pass holds a float32 copy of the whole `(tokens, vocab)`
 log-softmax, even for bfloat16 logits of a large vocabulary.
+
+The logits may also be `LazyLogits`, logits that are never materialised (such as `LinearLogits`:
+hidden states and the output layer): every loss built on `token_logprobs` then works on them
+unchanged.
 """
 
 from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["token_logprobs", "shift_targets", "check_targets"]
+__all__ = ["token_logprobs", "shift_targets", "check_targets", "LazyLogits"]
 
 # About 32 MiB of float32 a chunk: large enough that the per-chunk overhead is noise, small enough
 # that a chunk's upcast copy and log-softmax stay far below the size of the logits.
 _CHUNK_ELEMENTS = 1 << 23
 
 
+@runtime_checkable
+class LazyLogits(Protocol):
+    """What `token_logprobs` needs from logits it is not given as a tensor: the `shape` `(..., V)`,
+    `ndim` and `dtype` the logits would have, and `target_logprobs(targets, keep, chunk_size)`,
+    the log-probabilities of `targets` (`(M, K)` integer ids, M = the number of positions), 0 where
+    `keep` (`(M, K)` bool) is False, as an `(M, K)` tensor of at least float32. `LinearLogits` is
+    one.
+    """
+
+    shape: torch.Size
+    ndim: int
+    dtype: torch.dtype
+
+    def target_logprobs(self, targets: torch.Tensor, keep: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+        """Log-probabilities `(M, K)` of the targets, 0 where not `keep`."""
+
+
 def _shapes(logits: torch.Tensor, targets: torch.Tensor, name: str) -> str:
     return f"{name} shape {tuple(targets.shape)}, logits shape {tuple(logits.shape)}"
 
 
-def check_targets(logits: torch.Tensor, target_tokens: torch.Tensor, ignore_index: int = -100,
+def check_targets(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tensor, ignore_index: int = -100,
                   name: str = "target_tokens") -> None:
     """Raise a clear error when `target_tokens` cannot index `logits` (shape `(..., V)`); `name` is
     how the error calls the targets (a loss that takes `input_ids` passes `"input_ids"`).
 
-    - `TypeError`: logits not floating point, or targets not integer;
+    - `TypeError`: logits neither a floating-point tensor nor `LazyLogits`, or targets not integer;
     - `ValueError`: targets neither of shape `logits.shape[:-1]` nor `(*logits.shape[:-1], K)`;
     - `ValueError`: a target id outside `[0, V)` other than `ignore_index` (checked here, before a
       `gather` that on a GPU would fail with a device-side assert instead of a message).
@@ -36,9 +58,9 @@ def check_targets(logits: torch.Tensor, target_tokens: torch.Tensor, ignore_inde
     ...
     ValueError: target_tokens holds the id 5, outside [0, 5) where 5 = logits.shape[-1] is the vocabulary size (only ignore_index=-100 may lie outside); target_tokens shape (2,), logits shape (2, 5)
     """
-    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+    if not (isinstance(logits, torch.Tensor) and logits.is_floating_point() or isinstance(logits, LazyLogits)):
         got = logits.dtype if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise TypeError(f"logits must be a floating-point tensor, got {got}")
+        raise TypeError(f"logits must be a floating-point tensor (or LazyLogits, such as LinearLogits), got {got}")
     if not isinstance(target_tokens, torch.Tensor):
         raise TypeError(f"{name} must be a tensor of integer token ids, got {type(target_tokens).__name__}")
     if target_tokens.is_floating_point() or target_tokens.is_complex() or target_tokens.dtype == torch.bool:
@@ -98,7 +120,7 @@ class _ChunkedTargetLogprobs(torch.autograd.Function):
         return grad, None, None, None, None
 
 
-def token_logprobs(logits: torch.Tensor, target_tokens: torch.Tensor, ignore_index: int = -100,
+def token_logprobs(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tensor, ignore_index: int = -100,
                    chunk_rows: int | None = None) -> torch.Tensor:
     """Log-probabilities `log softmax(logits)[target]` of the target tokens.
 
@@ -108,6 +130,10 @@ def token_logprobs(logits: torch.Tensor, target_tokens: torch.Tensor, ignore_ind
       position, as in top-K distillation). Positions equal to `ignore_index` give 0 and no gradient.
     - returns: the shape of `target_tokens`.
     - `chunk_rows`: rows of `logits` normalised at a time (default: about 8M elements a chunk).
+
+    `logits` may also be `LazyLogits`, such as `LinearLogits(hidden, weight, bias)`: the
+    log-probabilities then come from `logits.target_logprobs` (for `LinearLogits`, computed from the
+    hidden states without materialising the logits; see `linear_token_logprobs`).
 
     Bad targets raise a clear error (see `check_targets`).
 
@@ -121,7 +147,7 @@ def token_logprobs(logits: torch.Tensor, target_tokens: torch.Tensor, ignore_ind
     return _target_logprobs(logits, target_tokens, ignore_index, chunk_rows)
 
 
-def _target_logprobs(logits: torch.Tensor, target_tokens: torch.Tensor, ignore_index: int,
+def _target_logprobs(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tensor, ignore_index: int,
                      chunk_rows: int | None = None) -> torch.Tensor:
     # `token_logprobs` without the checks, for losses that checked their inputs under their own names.
     vocab = logits.shape[-1]
@@ -130,8 +156,11 @@ def _target_logprobs(logits: torch.Tensor, target_tokens: torch.Tensor, ignore_i
     targets = targets.reshape(-1, targets.shape[-1])
     keep = targets != ignore_index
     safe = torch.where(keep, targets, torch.zeros((), dtype=targets.dtype, device=targets.device)).long()
-    dtype = torch.float32 if logits.element_size() < 4 else logits.dtype
-    lp = _ChunkedTargetLogprobs.apply(logits.reshape(-1, vocab), safe, keep, chunk_rows, dtype)
+    if isinstance(logits, torch.Tensor):
+        dtype = torch.float32 if logits.element_size() < 4 else logits.dtype
+        lp = _ChunkedTargetLogprobs.apply(logits.reshape(-1, vocab), safe, keep, chunk_rows, dtype)
+    else:
+        lp = logits.target_logprobs(safe, keep, chunk_rows)
     return lp.reshape(target_tokens.shape)
 
 

@@ -1,0 +1,258 @@
+"""Target log-probabilities from hidden states and the output layer, without materialising the logits.
+
+For a language model the logits `hidden @ weight.T + bias`, `(tokens, vocab)`, dominate training
+memory: at 4,096 tokens and a 128k vocabulary they take 2 GiB in float32, and autograd keeps several
+tensors of that size for the backward. A loss only needs `lp_t = logit_t[target_t] - logsumexp(logit_t)`,
+so the forward pass here computes the logits one tile (a chunk of tokens by a chunk of the
+vocabulary) at a time, keeps only each token's logsumexp, and the backward pass recomputes each tile
+to form the gradients of `hidden`, `weight` and `bias`. This is the idea of Liger-Kernel's fused
+linear cross-entropy and Apple's Cut Cross-Entropy, in portable PyTorch and for any loss over
+log-probabilities rather than cross-entropy alone.
+
+`LinearLogits(hidden, weight, bias)` stands in for the logits wherever a loss takes them (see
+`LazyLogits`), so every loss of `minilearn.losses` runs on hidden states unchanged.
+"""
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from minilearn.losses.logprobs import token_logprobs
+
+__all__ = ["LinearLogits", "linear_token_logprobs", "linear_tile_shape"]
+
+# About 32 MiB of float32 a tile: far below the logits of a large vocabulary, large enough that the
+# matrix products run at full speed.
+_TILE_ELEMENTS = 1 << 23
+# Narrower tiles than this and the matrix products slow down: fewer tokens a tile instead.
+_MIN_TILE_VOCAB = 1024
+
+
+def linear_tile_shape(tokens: int, vocab: int, chunk_size: int | tuple[int, int] | None = None,
+                      budget: int = _TILE_ELEMENTS) -> tuple[int, int]:
+    """How many tokens and how many vocabulary entries one tile of logits holds: `(rows, cols)`.
+
+    - `chunk_size=None`: chosen so that a tile holds at most about `budget` elements (32 MiB of
+      float32 by default): all the tokens and as much of the vocabulary as fits (at least 1024
+      entries; then fewer tokens). Tall tiles are the fast shape: each slice of the weight, and of
+      its gradient, is then read and written once, not once for every chunk of tokens.
+    - `chunk_size=rows`: that many tokens a tile, and as much of the vocabulary as the budget allows.
+    - `chunk_size=(rows, cols)`: both given.
+
+    >>> linear_tile_shape(4096, 128_256)      # every token, 2048 vocabulary entries at a time
+    (4096, 2048)
+    >>> linear_tile_shape(100_000, 128_256)   # 8192 tokens by 1024 entries
+    (8192, 1024)
+    >>> linear_tile_shape(10, 7, chunk_size=(4, 3))
+    (4, 3)
+    """
+    if isinstance(chunk_size, tuple):
+        rows, cols = chunk_size
+    elif chunk_size is not None:
+        rows, cols = chunk_size, budget // max(chunk_size, 1)
+    else:
+        cols = min(max(vocab, 1), max(_MIN_TILE_VOCAB, budget // max(tokens, 1)))
+        rows = budget // cols
+    if not (isinstance(rows, int) and isinstance(cols, int) and rows > 0 and cols > 0):
+        raise ValueError(f"chunk_size must be a positive number of tokens or a (tokens, vocabulary entries) pair "
+                         f"of positive ints, got {chunk_size!r}")
+    return min(rows, max(tokens, 1)), min(cols, max(vocab, 1))
+
+
+def _slices(length: int, step: int) -> Iterator[slice]:
+    for start in range(0, length, step):
+        yield slice(start, min(start + step, length))
+
+
+def _logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return h @ w.T if b is None else torch.addmm(b, h, w.T)
+
+
+def _logsumexp_(tile: torch.Tensor) -> torch.Tensor:
+    # Row-wise logsumexp that reuses the tile's memory (torch.logsumexp allocates a second tile).
+    top = tile.amax(1, keepdim=True)
+    return tile.sub_(top).exp_().sum(1).log_().add_(top[:, 0])
+
+
+class _LinearTargetLogprobs(torch.autograd.Function):
+    """`log_softmax(hidden @ weight.T + bias)[r, targets[r, k]]` for 2-d `hidden` `(M, D)`, tile by
+    tile; 0 where not `keep`. Saves the per-token logsumexp `(M,)` and nothing of size vocabulary.
+
+    All arithmetic runs in `dtype` (float32 for half inputs, float64 for float64), outside autocast,
+    which would otherwise run the matrix products in bfloat16.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, keep, tile_shape, dtype):
+        rows, cols = tile_shape
+        with torch.autocast(hidden.device.type, enabled=False):
+            h = hidden.to(dtype)
+            lse = torch.full((h.shape[0],), float("-inf"), dtype=dtype, device=h.device)
+            # The vocabulary is the outer loop, so a half-precision weight is upcast one slice at a time.
+            for v in _slices(weight.shape[0], cols):
+                w, b = weight[v].to(dtype), None if bias is None else bias[v].to(dtype)
+                for r in _slices(h.shape[0], rows):
+                    lse[r] = torch.logaddexp(lse[r], _logsumexp_(_logits(h[r], w, b)))
+            target_logits = torch.empty(targets.shape, dtype=dtype, device=h.device)
+            for r in _slices(h.shape[0], rows):
+                target_logits[r] = torch.einsum("rd,rkd->rk", h[r], weight[targets[r]].to(dtype))
+            if bias is not None:
+                target_logits += bias[targets].to(dtype)
+        ctx.save_for_backward(hidden, weight, bias, targets, keep, lse)
+        ctx.rows, ctx.cols = rows, cols
+        return torch.where(keep, target_logits - lse[:, None], torch.zeros((), dtype=dtype, device=h.device))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_lp):
+        hidden, weight, bias, targets, keep, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        dtype, rows, cols = lse.dtype, ctx.rows, ctx.cols
+        # d lp_k / d logit_j = [j == t_k] - softmax_j; ignored targets pass no gradient.
+        g = torch.where(keep, grad_lp.to(dtype), torch.zeros((), dtype=dtype, device=lse.device))
+        g_sum = g.sum(1, keepdim=True)
+        grad_h = grad_w = grad_b = None
+        with torch.autocast(hidden.device.type, enabled=False):
+            h = hidden.to(dtype)
+            if need_h:
+                grad_h = torch.zeros(h.shape, dtype=dtype, device=h.device)
+                for r in _slices(h.shape[0], rows):  # the [j == t_k] part: sum_k g_k weight[t_k]
+                    grad_h[r] = torch.einsum("rk,rkd->rd", g[r], weight[targets[r]].to(dtype))
+            if need_w:
+                grad_w = torch.empty_like(weight)
+            if need_b:
+                grad_b = torch.empty_like(bias)
+            for v in _slices(weight.shape[0], cols):
+                w, b = weight[v].to(dtype), None if bias is None else bias[v].to(dtype)
+                # Accumulated in `dtype` for this slice only, then stored in the weight's dtype.
+                gw = torch.zeros(w.shape, dtype=dtype, device=w.device) if need_w else None
+                gb = torch.zeros(w.shape[0], dtype=dtype, device=w.device) if need_b else None
+                for r in _slices(h.shape[0], rows):  # the softmax part: -(sum_k g_k) softmax_j
+                    tile = _logits(h[r], w, b).sub_(lse[r, None]).exp_().mul_(-g_sum[r])
+                    if need_h:
+                        grad_h[r].addmm_(tile, w)
+                    if need_w:
+                        gw.addmm_(tile.T, h[r])
+                    if need_b:
+                        gb += tile.sum(0)
+                # The [j == t_k] part, for the targets that fall in this slice of the vocabulary.
+                inside = keep & (targets >= v.start) & (targets < v.stop)
+                local, g_inside = targets[inside] - v.start, g[inside]
+                if need_w:
+                    token = inside.nonzero()[:, 0]
+                    grad_w[v] = gw.index_add_(0, local, g_inside[:, None] * h[token])
+                if need_b:
+                    grad_b[v] = gb.index_add_(0, local, g_inside)
+        grad_h = None if grad_h is None else grad_h.to(hidden.dtype)
+        return grad_h, grad_w, grad_b, None, None, None, None
+
+
+class LinearLogits:
+    """The logits `hidden @ weight.T + bias` of a linear output layer, left unmaterialised.
+
+    A model returns it instead of logits (see `minilearn.FusedHead`, or
+    `TinyCausalLM(fused_head=True)`), and every loss of `minilearn.losses` takes it where it takes
+    logits: their log-probabilities then go through `linear_token_logprobs`, which never holds the
+    `(tokens, vocab)` logits.
+
+    - `hidden`: `(..., D)` floating point, the last hidden states (after the final norm).
+    - `weight`: `(V, D)`, the output layer's weight (a tied embedding's weight works too).
+    - `bias`: `(V,)` or None.
+    - `shape` `(..., V)`, `ndim` and `dtype` are those the logits would have.
+
+    `materialize()` computes the real logits, for what needs them all (an argmax accuracy metric,
+    sampling): it costs the memory the fused path saves.
+
+    >>> logits = LinearLogits(torch.zeros(2, 3, 8), torch.zeros(50, 8))
+    >>> logits.shape, logits.materialize().shape
+    (torch.Size([2, 3, 50]), torch.Size([2, 3, 50]))
+    """
+
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        for name, t in (("hidden", hidden), ("weight", weight), ("bias", bias)):
+            if t is not None and not (isinstance(t, torch.Tensor) and t.is_floating_point()):
+                got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+                raise TypeError(f"{name} must be a floating-point tensor, got {got}")
+        if hidden.ndim < 1 or weight.ndim != 2 or weight.shape[1] != hidden.shape[-1]:
+            raise ValueError(f"hidden of shape {tuple(hidden.shape)} and weight of shape {tuple(weight.shape)} do not "
+                             f"make logits: expected hidden (..., D) and weight (V, D) with the same D")
+        if bias is not None and bias.shape != weight.shape[:1]:
+            raise ValueError(f"bias of shape {tuple(bias.shape)} must be (V,) = {tuple(weight.shape[:1])}, "
+                             f"one entry a row of weight of shape {tuple(weight.shape)}")
+        devices = {t.device for t in (hidden, weight, bias) if t is not None}
+        if len(devices) > 1:
+            raise ValueError(f"hidden, weight and bias must be on one device, got {sorted(map(str, devices))}")
+        self.hidden, self.weight, self.bias = hidden, weight, bias
+
+    @property
+    def shape(self) -> torch.Size:
+        """The shape of the logits: `(*hidden.shape[:-1], V)`."""
+        return torch.Size((*self.hidden.shape[:-1], self.weight.shape[0]))
+
+    @property
+    def ndim(self) -> int:
+        """The number of dimensions of the logits, `hidden.ndim`."""
+        return self.hidden.ndim
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the logits: hidden's, weight's and bias's, promoted."""
+        dtype = torch.promote_types(self.hidden.dtype, self.weight.dtype)
+        return dtype if self.bias is None else torch.promote_types(dtype, self.bias.dtype)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the hidden states (and the layer)."""
+        return self.hidden.device
+
+    def materialize(self) -> torch.Tensor:
+        """The logits, `(..., V)`, as the linear layer would compute them."""
+        dtype = self.dtype
+        return F.linear(self.hidden.to(dtype), self.weight.to(dtype), None if self.bias is None else self.bias.to(dtype))
+
+    def target_logprobs(self, targets: torch.Tensor, keep: torch.Tensor, chunk_size: int | tuple[int, int] | None
+                        ) -> torch.Tensor:
+        """Log-probabilities `(M, K)` of `targets` (`(M, K)` ids, M = the number of positions), 0
+        where not `keep`; `chunk_size` as in `linear_tile_shape`. `token_logprobs` calls it; use
+        `linear_token_logprobs` or `token_logprobs` rather than this, as they check the targets."""
+        hidden = self.hidden.reshape(-1, self.hidden.shape[-1])
+        dtype = torch.promote_types(self.dtype, torch.float32)  # at least float32, float64 stays
+        tile_shape = linear_tile_shape(hidden.shape[0], self.weight.shape[0], chunk_size)
+        return _LinearTargetLogprobs.apply(hidden, self.weight, self.bias, targets, keep, tile_shape, dtype)
+
+    def __repr__(self) -> str:
+        return (f"LinearLogits(shape={tuple(self.shape)}, dtype={self.dtype}, hidden {self.hidden.dtype}, "
+                f"weight {self.weight.dtype}, bias={'None' if self.bias is None else self.bias.dtype})")
+
+
+def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target_tokens: torch.Tensor,
+                          bias: torch.Tensor | None = None, chunk_size: int | tuple[int, int] | None = None,
+                          ignore_index: int = -100) -> torch.Tensor:
+    """Log-probabilities of the target tokens under the logits `hidden @ weight.T + bias`, without
+    ever holding those logits: `token_logprobs(LinearLogits(hidden, weight, bias), ...)`.
+
+    - `hidden`: `(..., D)`; `weight`: `(V, D)`; `bias`: `(V,)` or None. Any floating dtypes: the
+      arithmetic runs in float32 for float16/bfloat16 (float64 stays float64), and the gradients
+      come back in each input's own dtype.
+    - `target_tokens`: integer, `(...)` (one target a position) or `(..., K)` (K candidates a
+      position). Positions equal to `ignore_index` give 0 and no gradient. Bad targets raise the
+      errors of `token_logprobs` (see `check_targets`).
+    - returns: the shape of `target_tokens`, at least float32.
+    - `chunk_size`: tokens a tile, or `(tokens, vocabulary entries)`; by default chosen from a
+      memory budget of about 32 MiB a tile (see `linear_tile_shape`).
+
+    Memory: besides the inputs and their gradients, one tile and a few numbers a token. Time: the
+    logits' matrix product runs twice (forward, and again in the backward), so about 4/3 of the
+    matrix products of the naive `log_softmax(hidden @ weight.T)`, which in turn spends its time
+    writing and reading several `(tokens, vocab)` tensors.
+
+    >>> hidden, weight = torch.randn(5, 8, dtype=torch.float64), torch.randn(11, 8, dtype=torch.float64)
+    >>> targets = torch.tensor([3, 0, -100, 10, 7])
+    >>> lp = linear_token_logprobs(hidden, weight, targets, chunk_size=(2, 4))
+    >>> naive = torch.log_softmax(hidden @ weight.T, -1).gather(-1, targets.clamp(min=0)[:, None])[:, 0]
+    >>> torch.allclose(lp, naive.masked_fill(targets == -100, 0.0), atol=1e-12, rtol=0)
+    True
+    """
+    return token_logprobs(LinearLogits(hidden, weight, bias), target_tokens, ignore_index, chunk_size)
