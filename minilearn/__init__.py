@@ -1,6 +1,6 @@
 """minilearn: a small, readable, callback-driven Learner for PyTorch, built for custom losses."""
 
-from minilearn.callback import Callback, misspelt_events
+from minilearn.callback import Callback, MisspeltEventWarning, misspelt_events
 from minilearn.data import DataLoaders, batch_size, default_device, to_device
 from minilearn.events import EVENTS, STEPS
 from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException, LossOutputError,
@@ -13,7 +13,7 @@ from minilearn.train import TrainCB
 __version__ = "0.1.0"
 
 __all__ = [
-    "Learner", "Callback", "TrainCB", "LRFinderCB", "EVENTS", "STEPS", "misspelt_events",
+    "Learner", "Callback", "TrainCB", "LRFinderCB", "EVENTS", "STEPS", "misspelt_events", "MisspeltEventWarning",
     "CancelFitException", "CancelEpochException", "CancelBatchException",
     "UnknownEventError", "MissingInputError", "LossOutputError",
     "NormalizedLoss", "DataLoaders", "to_device", "batch_size", "default_device",

@@ -93,6 +93,11 @@ class Learner:
                     self._owners[s] = cb
         self._steps = {s: getattr(cb, s) if cb else _no_owner(s) for s, cb in self._owners.items()}
 
+    @property
+    def step_owners(self) -> dict[str, Callback | None]:
+        """The callback that owns each step now (None where no callback defines it)."""
+        return dict(self._owners)
+
     def callback(self, event: str) -> None:
         """Run the `event` method of every callback that has one, in `order`."""
         try:

@@ -12,7 +12,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ["minilearn.corpus", "minilearn.models", "minilearn.normalized_loss", "minilearn.callback", "minilearn.data", "minilearn.inputs", "minilearn.learner", "minilearn.train",
-           "minilearn.lr_finder", "minilearn.callbacks.metrics", "minilearn.callbacks.schedule"]
+           "minilearn.lr_finder", "minilearn.callbacks.metrics", "minilearn.callbacks.schedule",
+           "minilearn.testing", "minilearn.testing.report", "minilearn.testing.tiny", "minilearn.testing.loss_checks",
+           "minilearn.testing.callback_checks"]
 
 
 @pytest.mark.parametrize("name", MODULES)
