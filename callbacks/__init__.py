@@ -8,6 +8,7 @@ from minilearn.callbacks.accelerate import AccelerateCB, AccelerateCustomCB
 from minilearn.callbacks.debug import SingleBatchCB
 from minilearn.callbacks.device import DeviceCB
 from minilearn.callbacks.grad_clip import GradClipCB
+from minilearn.callbacks.logprob_loss import LogprobLossCB
 from minilearn.callbacks.loss import LossCB
 from minilearn.callbacks.metrics import MetricsCB
 from minilearn.callbacks.progress import ProgressCB
@@ -17,4 +18,5 @@ from minilearn.lr_finder import LRFinderCB
 from minilearn.train import TrainCB
 
 __all__ = ["AccelerateCB", "AccelerateCustomCB", "TrainCB", "LRFinderCB", "DeviceCB", "MetricsCB", "Recorder", "ProgressCB", "BatchSchedCB",
-           "OneCycleCB", "GradClipCB", "SingleBatchCB", "LossCB"]
+           "OneCycleCB", "GradClipCB", "SingleBatchCB", "LossCB",
+           "LogprobLossCB"]

@@ -1,6 +1,7 @@
 """minilearn: a small, readable, callback-driven Learner for PyTorch, built for custom losses."""
 
 from minilearn.callback import Callback, MisspeltEventWarning, misspelt_events
+from minilearn.custom_loss import CustomLossResult, forward_backward_custom
 from minilearn.data import DataLoaders, batch_size, default_device, to_device
 from minilearn.events import EVENTS, STEPS
 from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException, LossOutputError,
@@ -8,6 +9,7 @@ from minilearn.exceptions import (CancelBatchException, CancelEpochException, Ca
 from minilearn.learner import Learner
 from minilearn.lr_finder import LRFinderCB
 from minilearn.normalized_loss import NormalizedLoss
+from minilearn.sequence_logprobs import logprob_targets, sequence_logprobs
 from minilearn.train import TrainCB
 
 __version__ = "0.1.0"
@@ -16,5 +18,6 @@ __all__ = [
     "Learner", "Callback", "TrainCB", "LRFinderCB", "EVENTS", "STEPS", "misspelt_events", "MisspeltEventWarning",
     "CancelFitException", "CancelEpochException", "CancelBatchException",
     "UnknownEventError", "MissingInputError", "LossOutputError",
-    "NormalizedLoss", "DataLoaders", "to_device", "batch_size", "default_device",
+    "NormalizedLoss", "forward_backward_custom", "CustomLossResult", "logprob_targets", "sequence_logprobs",
+    "DataLoaders", "to_device", "batch_size", "default_device",
 ]

@@ -10,6 +10,7 @@ from fastcore.basics import store_attr
 from fastcore.foundation import L
 
 from minilearn.callback import Callback, warn_misspelt_events
+from minilearn.custom_loss import CustomLossResult, LogprobLossFn, forward_backward_custom
 from minilearn.events import EVENTS, STEPS
 from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException,
                                   UnknownEventError)
@@ -124,6 +125,23 @@ class Learner:
     def backward(self) -> None: self._steps["backward"](self)
     def step(self) -> None: self._steps["step"](self)
     def zero_grad(self) -> None: self._steps["zero_grad"](self)
+
+    # ---- losses over log-probabilities, a batch at a time (Tinker style) ----------------------
+
+    def forward_backward_custom(self, batch: dict, fn: LogprobLossFn, two_pass: bool = False,
+                                micro_batch_size: int | None = None,
+                                ref_model: torch.nn.Module | None = None) -> CustomLossResult:
+        """Compute `fn(batch, logprobs)` and leave its gradient in the parameters; see
+        `minilearn.custom_loss.forward_backward_custom`. Apply it with `optim_step()`."""
+        return forward_backward_custom(self, batch, fn, two_pass, micro_batch_size, ref_model)
+
+    def optim_step(self) -> None:
+        """Apply the gradients in the parameters, then clear them: the `step` and `zero_grad` steps
+        (through the callbacks that own them). Builds the optimizer first if there is none yet."""
+        if self.opt is None:
+            self.opt = self.opt_func(self.model.parameters(), lr=self.lr)
+        self.step()
+        self.zero_grad()
 
     # ---- the loop -------------------------------------------------------------------------------
 

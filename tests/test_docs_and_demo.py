@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ["minilearn.corpus", "minilearn.models", "minilearn.normalized_loss", "minilearn.callback", "minilearn.data", "minilearn.inputs", "minilearn.learner", "minilearn.train",
            "minilearn.lr_finder", "minilearn.callbacks.metrics", "minilearn.callbacks.schedule",
+           "minilearn.custom_loss", "minilearn.sequence_logprobs", "minilearn.distributed", "minilearn.callbacks.logprob_loss",
            "minilearn.testing", "minilearn.testing.report", "minilearn.testing.tiny", "minilearn.testing.loss_checks",
            "minilearn.testing.callback_checks"]
 

@@ -3,14 +3,20 @@ names the batch inputs it takes (see `minilearn.inputs`).
 
 Every log-probability goes through `token_logprobs` (at least float32, no full log-softmax copy).
 Losses normalised by a sum of weights return `NormalizedLoss`, so they stay exact under gradient
-accumulation and several processes; sum-reduced ones return `(loss, metrics)`.
+accumulation and several processes; sum-reduced ones return `(loss, metrics)`. The losses over
+per-sequence log-probabilities (`dpo_loss`, `bradley_terry_loss`, `candidate_ce_loss`,
+`variance_loss`) are functions `fn(batch, logprobs)` for `LogprobLossCB` and
+`Learner.forward_backward_custom`.
 """
 
+from minilearn.losses.candidates import candidate_ce_loss
 from minilearn.losses.importance_sampling import ImportanceSamplingLoss, importance_sampling_loss
 from minilearn.losses.key_token import KeyTokenWeightedLoss, key_token_weighted_loss
 from minilearn.losses.logprobs import check_targets, shift_targets, token_logprobs
 from minilearn.losses.policy_gradient import PolicyGradientKind, PolicyGradientLoss, policy_gradient_loss
+from minilearn.losses.preference import bradley_terry_loss, dpo_loss, pairwise_logistic, sequence_totals
 from minilearn.losses.tokens import check_token_values, masked_mean, masked_sum, token_mask, weight_normalized
+from minilearn.losses.variance import variance_loss
 from minilearn.losses.weighted_ce import Reduction, WeightedCrossEntropy, weighted_cross_entropy
 
 __all__ = [
@@ -19,5 +25,6 @@ __all__ = [
     "importance_sampling_loss", "ImportanceSamplingLoss",
     "policy_gradient_loss", "PolicyGradientLoss", "PolicyGradientKind",
     "key_token_weighted_loss", "KeyTokenWeightedLoss",
+    "dpo_loss", "bradley_terry_loss", "candidate_ce_loss", "variance_loss", "pairwise_logistic", "sequence_totals",
     "check_token_values", "token_mask", "masked_sum", "masked_mean", "weight_normalized",
 ]

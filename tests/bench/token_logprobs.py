@@ -11,15 +11,15 @@ issue): memory ratio at most 0.5, time ratio at most 1.0.
 """
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 
+from fresh_process import run_fresh
+
 CHILD = r"""
-import json, os, resource, sys, time
+import json, sys, time
 import torch
+from fresh_process import peak_rss_kb, rss_kb
 from minilearn.losses import token_logprobs
 
 method, n, v, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -28,11 +28,6 @@ torch.manual_seed(0)
 logits = torch.randn(n, v, requires_grad=True)
 targets = torch.randint(0, v, (n,))
 weights = torch.rand(n)
-
-
-def rss_kb():  # current resident set, from /proc (ru_maxrss only gives the peak)
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 base = rss_kb()
@@ -44,16 +39,12 @@ else:
 loss = -(lp * weights).sum()
 loss.backward()
 elapsed = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"time": elapsed, "extra_mb": (peak - base) / 1024, "loss": loss.item()}))
+print(json.dumps({"time": elapsed, "extra_mb": (peak_rss_kb() - base) / 1024, "loss": loss.item()}))
 """
 
 
 def measure(method: str, n: int, v: int, threads: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    out = subprocess.run([sys.executable, "-c", CHILD, method, str(n), str(v), str(threads)],
-                         capture_output=True, text=True, env=env, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_fresh(CHILD, [method, n, v, threads], threads)
 
 
 def main() -> int:
