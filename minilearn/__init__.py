@@ -4,8 +4,8 @@ from minilearn.callback import Callback, MisspeltEventWarning, misspelt_events
 from minilearn.custom_loss import CustomLossResult, forward_backward_custom
 from minilearn.data import DataLoaders, batch_size, default_device, to_device
 from minilearn.events import EVENTS, STEPS
-from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException, LossOutputError,
-                                  MissingInputError, UnknownEventError)
+from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException, CheckpointError,
+                                  LossOutputError, MissingInputError, UnknownEventError)
 from minilearn.learner import Learner
 from minilearn.lr_finder import LRFinderCB
 from minilearn.normalized_loss import NormalizedLoss
@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Learner", "Callback", "TrainCB", "LRFinderCB", "EVENTS", "STEPS", "misspelt_events", "MisspeltEventWarning",
     "CancelFitException", "CancelEpochException", "CancelBatchException",
-    "UnknownEventError", "MissingInputError", "LossOutputError",
+    "UnknownEventError", "MissingInputError", "LossOutputError", "CheckpointError",
     "NormalizedLoss", "forward_backward_custom", "CustomLossResult", "logprob_targets", "sequence_logprobs",
     "DataLoaders", "to_device", "batch_size", "default_device",
 ]
