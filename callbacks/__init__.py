@@ -7,14 +7,20 @@ that every ready callback is found in one place.
 from minilearn.callbacks.accelerate import AccelerateCB, AccelerateCustomCB
 from minilearn.callbacks.debug import SingleBatchCB
 from minilearn.callbacks.device import DeviceCB
+from minilearn.callbacks.early_stopping import EarlyStoppingCB
 from minilearn.callbacks.grad_clip import GradClipCB
+from minilearn.callbacks.logprob_loss import LogprobLossCB
 from minilearn.callbacks.loss import LossCB
 from minilearn.callbacks.metrics import MetricsCB
+from minilearn.callbacks.monitor import Monitor
 from minilearn.callbacks.progress import ProgressCB
 from minilearn.callbacks.recorder import Recorder
+from minilearn.callbacks.save_model import SaveModelCB
 from minilearn.callbacks.schedule import BatchSchedCB, OneCycleCB
+from minilearn.callbacks.terminate_nan import TerminateOnNaNCB
 from minilearn.lr_finder import LRFinderCB
 from minilearn.train import TrainCB
 
 __all__ = ["AccelerateCB", "AccelerateCustomCB", "TrainCB", "LRFinderCB", "DeviceCB", "MetricsCB", "Recorder", "ProgressCB", "BatchSchedCB",
-           "OneCycleCB", "GradClipCB", "SingleBatchCB", "LossCB"]
+           "OneCycleCB", "GradClipCB", "SingleBatchCB", "LossCB", "LogprobLossCB",
+           "SaveModelCB", "EarlyStoppingCB", "TerminateOnNaNCB", "Monitor"]

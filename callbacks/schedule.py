@@ -29,6 +29,19 @@ class BatchSchedCB(Callback):
     def after_step(self, learn):
         self.sched.step()
 
+    def state_dict(self) -> dict:
+        """The scheduler's state (empty before the first fit), kept in checkpoints so that a resumed fit
+        goes on with the same learning rates."""
+        sched = getattr(self, "sched", None)
+        return sched.state_dict() if sched is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take back what `state_dict` gave. Without a scheduler yet (outside a fit) there is nothing to
+        load into: each fit builds its own schedule."""
+        sched = getattr(self, "sched", None)
+        if sched is not None and state:
+            sched.load_state_dict(state)
+
 
 class OneCycleCB(BatchSchedCB):
     """The one-cycle policy over the whole `fit`: the learning rate warms up from `lr_max / div` to

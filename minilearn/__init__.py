@@ -1,21 +1,24 @@
 """minilearn: a small, readable, callback-driven Learner for PyTorch, built for custom losses."""
 
-from minilearn.callback import Callback, misspelt_events
+from minilearn.callback import Callback, MisspeltEventWarning, misspelt_events
+from minilearn.custom_loss import CustomLossResult, forward_backward_custom
 from minilearn.data import DataLoaders, batch_size, default_device, to_device
 from minilearn.events import EVENTS, STEPS
-from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException, LossOutputError,
-                                  MissingInputError, UnknownEventError)
+from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException, CheckpointError,
+                                  LossOutputError, MissingInputError, UnknownEventError)
 from minilearn.fused_head import FusedHead
 from minilearn.learner import Learner
 from minilearn.lr_finder import LRFinderCB
 from minilearn.normalized_loss import NormalizedLoss
+from minilearn.sequence_logprobs import logprob_targets, sequence_logprobs
 from minilearn.train import TrainCB
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Learner", "Callback", "TrainCB", "LRFinderCB", "EVENTS", "STEPS", "misspelt_events",
+    "Learner", "Callback", "TrainCB", "LRFinderCB", "EVENTS", "STEPS", "misspelt_events", "MisspeltEventWarning",
     "CancelFitException", "CancelEpochException", "CancelBatchException",
-    "UnknownEventError", "MissingInputError", "LossOutputError",
-    "NormalizedLoss", "DataLoaders", "to_device", "batch_size", "default_device", "FusedHead",
+    "UnknownEventError", "MissingInputError", "LossOutputError", "CheckpointError",
+    "NormalizedLoss", "forward_backward_custom", "CustomLossResult", "logprob_targets", "sequence_logprobs",
+    "DataLoaders", "to_device", "batch_size", "default_device", "FusedHead",
 ]

@@ -5,7 +5,7 @@ import warnings
 
 from minilearn.events import EVENTS, STEPS
 
-__all__ = ["Callback", "misspelt_events", "warn_misspelt_events"]
+__all__ = ["Callback", "misspelt_events", "warn_misspelt_events", "MisspeltEventWarning"]
 
 _EVENT_PREFIXES = ("before_", "after_", "cleanup_")
 
@@ -33,25 +33,38 @@ class Callback:
         return f"{self.name}(order={self.order})"
 
 
+class MisspeltEventWarning(UserWarning):
+    """A callback method is named like an event or a step but is not one, so it will never run."""
+
+
 def misspelt_events(cb: Callback) -> dict[str, str | None]:
-    """Methods of `cb` that look like events but are not: `{method_name: nearest real event}`.
+    """Methods of `cb` that look like events or steps but are not: `{method_name: nearest real name}`.
+
+    A method looks like one when its name starts with `before_`, `after_` or `cleanup_`, or is a
+    typo away from an event or step name (`get_losss`, `zerograd`). Either way it would never run.
 
     >>> class Typo(Callback):
     ...     def after_batchs(self, learn): pass
+    ...     def get_losss(self, learn): pass
     >>> misspelt_events(Typo())
-    {'after_batchs': 'after_batch'}
+    {'after_batchs': 'after_batch', 'get_losss': 'get_loss'}
     """
+    names = EVENTS + STEPS
     found = {}
     for attr in dir(type(cb)):
-        if attr.startswith(_EVENT_PREFIXES) and attr not in EVENTS and callable(getattr(cb, attr)):
-            close = difflib.get_close_matches(attr, EVENTS + STEPS, n=1)
+        if attr in names or attr.startswith("_") or not callable(getattr(cb, attr)):
+            continue
+        # 0.85 catches a letter added, dropped or swapped, and not words such as `stop` or `plot_loss`.
+        typo_of = difflib.get_close_matches(attr, names, n=1, cutoff=0.85)
+        if typo_of or attr.startswith(_EVENT_PREFIXES):
+            close = typo_of or difflib.get_close_matches(attr, names, n=1)
             found[attr] = close[0] if close else None
     return found
 
 
 def warn_misspelt_events(cb: Callback) -> None:
-    """Warn about each method of `cb` that looks like an event name but is not one (it would never run)."""
+    """Warn about each method of `cb` that looks like an event or step name but is not one (it would never run)."""
     for attr, near in misspelt_events(cb).items():
         hint = f"; did you mean {near!r}?" if near else ""
-        warnings.warn(f"{cb.name}.{attr} looks like an event but is not one, so it will never run{hint}",
-                      stacklevel=3)
+        warnings.warn(f"{cb.name}.{attr} looks like an event or step but is not one, so it will never run{hint}",
+                      MisspeltEventWarning, stacklevel=3)

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["DataLoaders", "to_device", "batch_size", "default_device"]
+__all__ = ["DataLoaders", "to_device", "batch_size", "default_device", "describe"]
 
 
 def default_device() -> torch.device:
@@ -73,3 +73,22 @@ def batch_size(batch: Any) -> int:
         if isinstance(v, (list, tuple)):
             return len(v)
     raise ValueError(f"cannot tell the batch size of a batch of type {type(batch).__name__} with no tensor in it")
+
+
+def describe(x: Any) -> str:
+    """A short description of a nested batch or model output, tensors shown as dtype and shape, for
+    error messages.
+
+    >>> describe((torch.zeros(4, 3), {"ids": torch.zeros(4, dtype=torch.long)}, 7))
+    '(float32 (4, 3), {ids: int64 (4,)}, int)'
+    """
+    if isinstance(x, torch.Tensor):
+        return f"{str(x.dtype).removeprefix('torch.')} {tuple(x.shape)}"
+    if isinstance(x, Mapping):
+        return "{" + ", ".join(f"{k}: {describe(v)}" for k, v in x.items()) + "}"
+    if isinstance(x, (list, tuple)):
+        inner = ", ".join(describe(v) for v in x)
+        return f"[{inner}]" if isinstance(x, list) else f"({inner})"
+    if hasattr(x, "logits"):
+        return f"{type(x).__name__}(logits: {describe(x.logits)})"
+    return type(x).__name__

@@ -2,7 +2,7 @@
 
 __all__ = [
     "CancelFitException", "CancelEpochException", "CancelBatchException",
-    "UnknownEventError", "MissingInputError", "LossOutputError",
+    "UnknownEventError", "MissingInputError", "LossOutputError", "CheckpointError",
 ]
 
 
@@ -34,3 +34,8 @@ class MissingInputError(KeyError):
 
 class LossOutputError(TypeError):
     """A loss returned something other than a scalar tensor or `(scalar, metrics_dict)`."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be used: missing, corrupted, holding pickled objects, or not matching
+    the model and optimizer it is loaded into. The message names the file."""

@@ -1,8 +1,10 @@
 """The Learner: a training loop that does nothing but call its callbacks."""
 
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,16 +12,22 @@ from fastcore.basics import store_attr
 from fastcore.foundation import L
 
 from minilearn.callback import Callback, warn_misspelt_events
+from minilearn.custom_loss import CustomLossResult, LogprobLossFn, forward_backward_custom
+from minilearn.checkpoint import check_weights, read_checkpoint, save_checkpoint
+from minilearn.data import describe
 from minilearn.events import EVENTS, STEPS
-from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException,
+from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException, CheckpointError,
                                   UnknownEventError)
 from minilearn.lr_finder import LRFinderCB
+from minilearn.random_state import random_states
+from minilearn.resume import ResumeCB, TrainingPosition, stateful_callbacks
 from minilearn.train import TrainCB
 
 __all__ = ["Learner"]
 
 CallbackArg = Callback | type | Iterable | None
 _PHASE_EVENTS = {p: (f"before_{p}", f"after_{p}", f"cleanup_{p}") for p in ("fit", "epoch", "batch")}
+_CANCELS = (CancelBatchException, CancelEpochException, CancelFitException)
 
 
 def _no_owner(step: str) -> Callable:
@@ -52,6 +60,7 @@ class Learner:
         self.loss_metrics: dict = {}
         self.loss_parts = None
         self.is_main_process = True  # AccelerateCB sets it; printing callbacks print only where it is True
+        self.position = TrainingPosition()
         cbs = L(cbs)
         self.add_cbs(cbs if any(isinstance(cb, TrainCB) for cb in cbs) else [TrainCB(), *cbs])
 
@@ -91,16 +100,54 @@ class Learner:
             for s in STEPS:
                 if callable(getattr(cb, s, None)):
                     self._owners[s] = cb
-        self._steps = {s: getattr(cb, s) if cb else _no_owner(s) for s, cb in self._owners.items()}
+        self._steps = {s: self._noted_step(s, cb) for s, cb in self._owners.items()}
+
+    def _noted_step(self, step: str, cb: Callback | None) -> Callable:
+        run = getattr(cb, step) if cb else _no_owner(step)
+
+        def noted(learn):
+            try:
+                run(learn)
+            except _CANCELS:
+                raise
+            except Exception as exc:
+                learn._add_note(exc, f"the step {step} (owned by {cb.name if cb else 'no callback'})", step)
+                raise
+        return noted
+
+    @property
+    def step_owners(self) -> dict[str, Callback | None]:
+        """The callback that owns each step now (None where no callback defines it)."""
+        return dict(self._owners)
 
     def callback(self, event: str) -> None:
-        """Run the `event` method of every callback that has one, in `order`."""
+        """Run the `event` method of every callback that has one, in `order`.
+
+        An exception raised by one (other than the Cancel* ones) keeps its type and gets a note naming
+        the callback, the event, and where in the fit it happened."""
         try:
             handlers = self._handlers[event]
         except KeyError:
             raise UnknownEventError(f"unknown event {event!r}; the events are {EVENTS}") from None
-        for handler in handlers:
-            handler(self)
+        try:  # costs nothing until something raises (Python 3.11)
+            for handler in handlers:
+                handler(self)
+        except _CANCELS:
+            raise
+        except Exception as exc:
+            owner = next((cb.name for cb in self.cbs if getattr(cb, event, None) == handler), repr(handler))
+            self._add_note(exc, f"callback {owner}", event)
+            raise
+
+    def _add_note(self, exc: Exception, who: str, event: str) -> None:
+        where = ""
+        if not event.endswith("_fit"):
+            where = f" in epoch {self.epoch} ({'training' if self.training else 'validation'}"
+            batch = describe(getattr(self, "batch", None))
+            where += ")" if event.endswith("_epoch") else f" batch {self.iter}; batch: {batch})"
+        if event in ("get_loss", "after_predict", "after_loss") and getattr(self, "preds", None) is not None:
+            where += f"; model output: {describe(self.preds)}"
+        exc.add_note(f"minilearn: raised by {who} at {event}{where}")
 
     def show_cbs(self) -> None:
         """Print which callback owns each step and which callbacks listen to each event."""
@@ -119,6 +166,23 @@ class Learner:
     def backward(self) -> None: self._steps["backward"](self)
     def step(self) -> None: self._steps["step"](self)
     def zero_grad(self) -> None: self._steps["zero_grad"](self)
+
+    # ---- losses over log-probabilities, a batch at a time (Tinker style) ----------------------
+
+    def forward_backward_custom(self, batch: dict, fn: LogprobLossFn, two_pass: bool = False,
+                                micro_batch_size: int | None = None,
+                                ref_model: torch.nn.Module | None = None) -> CustomLossResult:
+        """Compute `fn(batch, logprobs)` and leave its gradient in the parameters; see
+        `minilearn.custom_loss.forward_backward_custom`. Apply it with `optim_step()`."""
+        return forward_backward_custom(self, batch, fn, two_pass, micro_batch_size, ref_model)
+
+    def optim_step(self) -> None:
+        """Apply the gradients in the parameters, then clear them: the `step` and `zero_grad` steps
+        (through the callbacks that own them). Builds the optimizer first if there is none yet."""
+        if self.opt is None:
+            self.opt = self.opt_func(self.model.parameters(), lr=self.lr)
+        self.step()
+        self.zero_grad()
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -147,7 +211,8 @@ class Learner:
             self.zero_grad()
 
     def _one_epoch(self) -> None:
-        for self.iter, self.batch in enumerate(self.dl):
+        # A training pass goes through `position`, so that a checkpoint can resume it in the middle.
+        for self.iter, self.batch in self.position.batches(self) if self.training else enumerate(self.dl):
             # Cleared so that a batch cancelled early never shows the previous batch's results.
             self.preds, self.loss, self.loss_metrics, self.loss_parts = None, None, {}, None
             self._with_events("batch", self._one_batch, CancelBatchException)
@@ -166,14 +231,27 @@ class Learner:
             if valid: self.one_epoch(False)
 
     def fit(self, n_epochs: int = 1, cbs: CallbackArg = None, lr: float | None = None, train: bool = True,
-            valid: bool = True, reset_opt: bool = False) -> None:
+            valid: bool = True, reset_opt: bool = False, resume: str | os.PathLike | None = None) -> None:
         """Train for `n_epochs`, each a training pass then a validation pass.
 
         `cbs` are added for this call only. `lr` replaces the learning rate from now on. The optimizer
         is kept between calls (momentum and all); `reset_opt=True` builds a fresh one.
+
+        `resume`: a checkpoint saved (`save`, `SaveModelCB`) during a fit called like this one (same
+        `n_epochs`, data and callbacks). The fit goes on from where it was saved, also mid-epoch, and
+        ends with the weights the uninterrupted fit would have had, bit for bit (with deterministic
+        ops). `None` starts from the beginning.
         """
         if not isinstance(n_epochs, int) or n_epochs < 0:
             raise ValueError(f"n_epochs must be a whole number >= 0, got {n_epochs!r}")
+        first_epoch = 0
+        if resume is not None:  # read and checked before anything changes
+            state, weights = read_checkpoint(resume)
+            if "opt" not in state:
+                raise CheckpointError(f"the checkpoint {resume} was saved with with_opt=False: without the optimizer "
+                                      f"state a fit cannot resume exactly; use learn.load(path) and fit afresh")
+            first_epoch = state["position"]["epoch"]
+            cbs = [*L(cbs), ResumeCB(resume, state, weights)]
         was_training = self.model.training
         with self.added_cbs(cbs):
             try:
@@ -184,10 +262,66 @@ class Learner:
                 elif lr is not None:
                     for group in self.opt.param_groups:
                         group["lr"] = lr
-                self.n_epochs, self.epochs = n_epochs, range(n_epochs)
+                self.n_epochs, self.epochs = n_epochs, range(first_epoch, n_epochs)
                 self._with_events("fit", lambda: self._fit(train, valid), CancelFitException)
             finally:
                 self.model.train(was_training)
+                # A fit stopped between backward and zero_grad would leave gradients for the next one to add to.
+                self.model.zero_grad(set_to_none=True)
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike, with_opt: bool = True) -> Path:
+        """Save a checkpoint directory at `path`: the model's weights (safetensors) and, as plain data,
+        the optimizer state (when `with_opt`), the state of callbacks that keep one (schedules,
+        `SaveModelCB`, `EarlyStoppingCB`), the position in the fit and the random states, so that
+        `fit(..., resume=path)` continues exactly. The write is atomic: if it is interrupted, the
+        checkpoint that was at `path` before is left intact.
+
+        Called from a callback, it records the fit's position: within a training batch, that batch
+        counts as done; after the training pass, the fit resumes at the next epoch.
+
+        >>> import tempfile
+        >>> from minilearn import DataLoaders
+        >>> learn = Learner(torch.nn.Linear(2, 1), DataLoaders([], []), torch.nn.functional.mse_loss)
+        >>> path = learn.save(Path(tempfile.mkdtemp()) / "ckpt")
+        >>> learn.load(path)
+        """
+        state = {"position": self.position.resume_point(self.epoch, self.training),
+                 "random": random_states(self.dls.train),
+                 "callbacks": {k: cb.state_dict() for k, cb in stateful_callbacks(self.cbs).items()}}
+        if with_opt and self.opt is not None:
+            state["opt"] = self.opt.state_dict()
+        return save_checkpoint(path, self._unwrapped_model, state)
+
+    def load(self, path: str | os.PathLike, with_opt: bool = True) -> None:
+        """Load a checkpoint written by `save`: the weights, the optimizer state (when `with_opt`; the
+        optimizer is built if there is none yet) and the state of the callbacks present that keep one.
+        Raises `CheckpointError`, changing nothing, when the checkpoint is missing, corrupted, holds
+        pickled objects, or does not fit the model or optimizer."""
+        self.restore(*read_checkpoint(path), path, with_opt)
+
+    def restore(self, state: dict, weights: dict, source: str | os.PathLike, with_opt: bool = True) -> None:
+        """Put a checkpoint read by `minilearn.checkpoint.read_checkpoint` into the learner (see `load`)."""
+        model = self._unwrapped_model
+        check_weights(model, weights, source)
+        if with_opt and "opt" in state:
+            opt = self.opt or self.opt_func(model.parameters(), lr=self.lr)
+            try:
+                opt.load_state_dict(state["opt"])  # checks the parameter groups before it changes anything
+            except (ValueError, KeyError) as e:
+                raise CheckpointError(f"the optimizer state in {source} does not fit {type(opt).__name__}: {e}") from None
+            self.opt = opt
+        model.load_state_dict(weights, strict=False)  # checked above; tied weights are stored once
+        cb_states = state.get("callbacks", {})
+        for key, cb in stateful_callbacks(self.cbs).items():
+            if key in cb_states:
+                cb.load_state_dict(cb_states[key])
+
+    @property
+    def _unwrapped_model(self) -> torch.nn.Module:
+        # Under AccelerateCB the model may be wrapped (DDP); a checkpoint holds the plain model's weights.
+        return getattr(self, "unwrapped_model", self.model)
 
     # ---- state saved by a callback that knows how (AccelerateCB) ---------------------------------
 

@@ -17,11 +17,11 @@ import train_weighted as script  # noqa: E402
 SCRIPT = Path(__file__).parent / "dist" / "train_weighted.py"
 
 
-def torchrun(out, *args):
+def torchrun(out, *args, script=SCRIPT):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(SCRIPT), str(out), *args]
+           str(script), str(out), *args]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     return torch.load(out, weights_only=True)

@@ -23,6 +23,7 @@ def test_wheel_contains_callbacks_as_a_subpackage(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "minilearn/callbacks/__init__.py" in names
     assert "minilearn/callbacks/metrics.py" in names and "minilearn/learner.py" in names
+    assert "minilearn/testing/loss_checks.py" in names
     assert not any(n.startswith("callbacks/") for n in names)  # no top-level `callbacks` package
 
 

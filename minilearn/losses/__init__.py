@@ -5,15 +5,21 @@ Every log-probability goes through `token_logprobs` (at least float32, no full l
 also when the model returns `LinearLogits` (hidden states and its output layer) instead of logits:
 then `linear_token_logprobs` computes them without materialising the logits.
 Losses normalised by a sum of weights return `NormalizedLoss`, so they stay exact under gradient
-accumulation and several processes; sum-reduced ones return `(loss, metrics)`.
+accumulation and several processes; sum-reduced ones return `(loss, metrics)`. The losses over
+per-sequence log-probabilities (`dpo_loss`, `bradley_terry_loss`, `candidate_ce_loss`,
+`variance_loss`) are functions `fn(batch, logprobs)` for `LogprobLossCB` and
+`Learner.forward_backward_custom`.
 """
 
+from minilearn.losses.candidates import candidate_ce_loss
 from minilearn.losses.importance_sampling import ImportanceSamplingLoss, importance_sampling_loss
 from minilearn.losses.key_token import KeyTokenWeightedLoss, key_token_weighted_loss
 from minilearn.losses.linear_logprobs import LinearLogits, linear_tile_shape, linear_token_logprobs
 from minilearn.losses.logprobs import LazyLogits, check_targets, shift_targets, token_logprobs
 from minilearn.losses.policy_gradient import PolicyGradientKind, PolicyGradientLoss, policy_gradient_loss
+from minilearn.losses.preference import bradley_terry_loss, dpo_loss, pairwise_logistic, sequence_totals
 from minilearn.losses.tokens import check_token_values, masked_mean, masked_sum, token_mask, weight_normalized
+from minilearn.losses.variance import variance_loss
 from minilearn.losses.weighted_ce import Reduction, WeightedCrossEntropy, weighted_cross_entropy
 
 __all__ = [
@@ -23,5 +29,6 @@ __all__ = [
     "importance_sampling_loss", "ImportanceSamplingLoss",
     "policy_gradient_loss", "PolicyGradientLoss", "PolicyGradientKind",
     "key_token_weighted_loss", "KeyTokenWeightedLoss",
+    "dpo_loss", "bradley_terry_loss", "candidate_ce_loss", "variance_loss", "pairwise_logistic", "sequence_totals",
     "check_token_values", "token_mask", "masked_sum", "masked_mean", "weight_normalized",
 ]

@@ -61,16 +61,18 @@ def check_targets(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tensor
     if not (isinstance(logits, torch.Tensor) and logits.is_floating_point() or isinstance(logits, LazyLogits)):
         got = logits.dtype if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise TypeError(f"logits must be a floating-point tensor (or LazyLogits, such as LinearLogits), got {got}")
+    if logits.ndim == 0 or logits.shape[-1] == 0:
+        raise ValueError(f"logits must have a last (vocabulary) dimension of size >= 1, got shape {tuple(logits.shape)}")
     if not isinstance(target_tokens, torch.Tensor):
         raise TypeError(f"{name} must be a tensor of integer token ids, got {type(target_tokens).__name__}")
     if target_tokens.is_floating_point() or target_tokens.is_complex() or target_tokens.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer token ids, got dtype {target_tokens.dtype}; "
                         f"{_shapes(logits, target_tokens, name)}")
     lead, shape = tuple(logits.shape[:-1]), tuple(target_tokens.shape)
-    if shape != lead and not (len(shape) == len(lead) + 1 and shape[:-1] == lead):
+    if shape != lead and not (len(shape) == len(lead) + 1 and shape[:-1] == lead and shape[-1] >= 1):
         raise ValueError(f"{name} of shape {shape} does not line up with logits of shape {tuple(logits.shape)}: "
                          f"expected {name} of shape {lead} (one target a position) or {lead + ('K',)} "
-                         f"(K candidate targets a position)")
+                         f"(K >= 1 candidate targets a position)")
     vocab = logits.shape[-1]
     bad = (target_tokens != ignore_index) & ((target_tokens < 0) | (target_tokens >= vocab))
     if bad.any():

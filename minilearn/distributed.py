@@ -1,0 +1,91 @@
+"""Gathering per-sequence values of different lengths from every process (pad, gather, unpad).
+
+Used by losses over log-probabilities, whose function sees the whole global batch: each process
+holds its share of the sequences, in the order of the processes' ranks. In one process (no
+`torch.distributed` group, or a group of one) every function here returns its input.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+__all__ = ["world_size", "rank", "all_gather_padded", "gather_sequences", "gather_batch"]
+
+
+def world_size() -> int:
+    """The number of processes training together (1 without a `torch.distributed` group)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """This process's rank (0 without a `torch.distributed` group)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _pad_to(t: torch.Tensor, shape: tuple[int, ...], value: float) -> torch.Tensor:
+    # F.pad takes (last_left, last_right, second_last_left, ...): pad on the right of every dim.
+    pads = [p for have, want in zip(reversed(t.shape), reversed(shape)) for p in (0, want - have)]
+    return F.pad(t, pads, value=value) if any(pads) else t
+
+
+def all_gather_padded(t: torch.Tensor, pad_value: float = 0) -> list[torch.Tensor]:
+    """Every process's `t`, in rank order, each with its own shape (they may differ in every
+    dimension, not in the number of dimensions). Not differentiable.
+
+    >>> all_gather_padded(torch.ones(2, 3))[0].shape  # one process: its own tensor
+    torch.Size([2, 3])
+    """
+    if world_size() == 1:
+        return [t]
+    shape = torch.tensor(t.shape, dtype=torch.long, device=t.device)
+    shapes = [torch.empty_like(shape) for _ in range(world_size())]
+    dist.all_gather(shapes, shape)
+    shapes = [tuple(s.tolist()) for s in shapes]
+    biggest = tuple(max(dims) for dims in zip(*shapes))
+    padded = [torch.empty(biggest, dtype=t.dtype, device=t.device) for _ in shapes]
+    dist.all_gather(padded, _pad_to(t.detach().contiguous(), biggest, pad_value))
+    return [p[tuple(slice(0, d) for d in s)] for p, s in zip(padded, shapes)]
+
+
+def gather_sequences(seqs: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]:
+    """The sequences of every process, in rank order, and the index of this process's first one.
+
+    `seqs`: tensors `(T_i, ...)` of one dtype, `T_i` varying. The entries that come from this
+    process are `seqs` themselves (their autograd graph kept); the others are detached copies.
+    An empty `seqs` is not allowed when several processes train (its dtype would be unknown).
+    """
+    if world_size() == 1:
+        return list(seqs), 0
+    if not seqs:
+        raise ValueError(f"process {rank()} has no sequences to gather; every process needs at least one")
+    lengths = torch.tensor([s.shape[0] for s in seqs], device=seqs[0].device)
+    flat = torch.cat([s.detach() for s in seqs])
+    all_lengths, all_flat = all_gather_padded(lengths), all_gather_padded(flat)
+    gathered = [part for n, f in zip(all_lengths, all_flat) for part in torch.split(f, n.tolist())]
+    start = sum(len(n) for n in all_lengths[:rank()])
+    gathered[start:start + len(seqs)] = seqs
+    return gathered, start
+
+
+def gather_batch(batch: Mapping, n: int, pad_values: Mapping[str, float]) -> dict[str, Any]:
+    """The global batch: every tensor of `batch` whose first dimension is the `n` local sequences is
+    joined with the other processes' along that dimension, in rank order, its other dimensions
+    padded on the right to the largest (with `pad_values[key]`, else 0). Lists of `n` per-sequence
+    tensors are gathered with `gather_sequences`. Anything else is this process's value.
+    """
+    if world_size() == 1:
+        return dict(batch)
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == n:
+            parts = all_gather_padded(value, pad_values.get(key, 0))
+            widest = tuple(max(dims) for dims in zip(*(p.shape[1:] for p in parts)))
+            out[key] = torch.cat([_pad_to(p, (p.shape[0], *widest), pad_values.get(key, 0)) for p in parts])
+        elif isinstance(value, list) and len(value) == n and all(isinstance(v, torch.Tensor) for v in value):
+            out[key] = gather_sequences(value)[0]
+        else:
+            out[key] = value
+    return out

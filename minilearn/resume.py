@@ -1,0 +1,103 @@
+"""Resuming a fit exactly where a checkpoint left it, also in the middle of an epoch.
+
+Where a run is, for a checkpoint, is the epoch, how many training batches of it are done, and the
+random states at that moment. To resume in the middle of an epoch the shuffled order of that epoch
+must come out the same, so the random states at the start of the training pass are kept too: on
+resume they are set back, the loader is iterated past the batches already done (its shuffle, workers'
+seeds and any random augmentation in the dataset replay exactly), and then the states of the moment
+of the save are set.
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+from minilearn.callback import Callback
+from minilearn.random_state import random_states, set_random_states
+
+__all__ = ["TrainingPosition", "ResumeCB", "stateful_callbacks"]
+
+
+class TrainingPosition:
+    """Follows the training passes of a Learner (`learn.position`): the random states at the start of
+    the current pass and the number of its batches handed out, and, when a fit resumes, skips the
+    batches a checkpoint had already done."""
+
+    def __init__(self):
+        self.pass_start: dict | None = None
+        self.done = 0
+        self._resume: tuple[int, dict, dict] | None = None
+
+    def batches(self, learn) -> Iterator[tuple[int, Any]]:
+        """`enumerate(learn.dl)` for a training pass, recording where it starts and how far it got."""
+        loader = learn.dls.train  # learn.dl may be wrapped (a progress bar); the generators are the loader's
+        resume, self._resume = self._resume, None
+        if resume:
+            set_random_states(resume[1], loader)
+        self.pass_start, self.done = random_states(loader), 0
+        batches = enumerate(learn.dl)
+        if resume:
+            skip, _, now = resume
+            for self.done, _batch in zip(range(1, skip + 1), batches):
+                pass
+            if self.done < skip:
+                raise ValueError(f"the checkpoint was saved after {skip} training batches of epoch {learn.epoch}, "
+                                 f"but the training loader now has only {self.done}: resume with the same data")
+            set_random_states(now, loader)
+        for i, batch in batches:
+            self.done = i + 1  # a save from within this batch counts it as done
+            yield i, batch
+
+    def resume_point(self, epoch: int, training: bool) -> dict:
+        """Where a fit saved now would resume: `{"epoch", "skip", "pass_start"}`. Saved during (or at the
+        end of) a training pass, it resumes that pass after the `skip` batches done; saved later in the
+        epoch, it resumes at the next epoch; before any training, at the start."""
+        if self.pass_start is None:
+            return {"epoch": 0, "skip": None, "pass_start": None}
+        if training:
+            return {"epoch": epoch, "skip": self.done, "pass_start": self.pass_start}
+        return {"epoch": epoch + 1, "skip": None, "pass_start": None}
+
+    def resume_at(self, point: dict, now: dict, loader: Any) -> None:
+        """Set the random states for resuming at `point` (from `resume_point`); `now` are the states of
+        the moment of the save. Mid-epoch, this happens when the next training pass starts."""
+        if point["skip"] is None:
+            set_random_states(now, loader)
+        else:
+            self._resume = (point["skip"], point["pass_start"], now)
+
+    def forget_resume(self) -> None:
+        """Drop a pending mid-epoch resume (the fit that asked for it ended before its training pass)."""
+        self._resume = None
+
+
+def stateful_callbacks(cbs: list[Callback]) -> dict[str, Callback]:
+    """The callbacks that keep state in a checkpoint (they define `state_dict` and `load_state_dict`),
+    by a key made of the class name, numbered when a class appears more than once: `OneCycleCB`,
+    `EarlyStoppingCB`, `SaveModelCB.1`, ..."""
+    found = [cb for cb in sorted(cbs, key=lambda cb: cb.order)
+             if callable(getattr(cb, "state_dict", None)) and callable(getattr(cb, "load_state_dict", None))]
+    names = [cb.name for cb in found]
+    return {(n if names.count(n) == 1 else f"{n}.{names[:i].count(n)}"): cb for i, (n, cb) in enumerate(zip(names, found))}
+
+
+class ResumeCB(Callback):
+    """Added by `fit(resume=path)` for that fit: once every other callback's `before_fit` has run (so
+    schedules exist and AccelerateCB has prepared the model and optimizer), loads the checkpoint's
+    weights, optimizer and callback states, and sets the random states and data position."""
+
+    order = 1000
+
+    def __init__(self, path, state: dict, weights: dict):
+        self.path, self.state, self.weights = path, state, weights
+
+    def before_fit(self, learn):
+        saved = set(self.state["callbacks"])
+        present = set(stateful_callbacks(learn.cbs))
+        if saved != present:
+            raise ValueError(f"the checkpoint {self.path} holds the state of the callbacks {sorted(saved)}, but this "
+                             f"fit has {sorted(present)}: resume with the callbacks of the run that saved it")
+        learn.restore(self.state, self.weights, self.path)
+        learn.position.resume_at(self.state["position"], self.state["random"], learn.dls.train)
+
+    def cleanup_fit(self, learn):
+        learn.position.forget_resume()

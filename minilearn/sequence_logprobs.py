@@ -1,0 +1,105 @@
+"""Per-sequence target log-probabilities: what a loss over log-probabilities receives.
+
+The convention, for a mapping batch of `B` sequences (the one place it is written down):
+
+- The targets are the batch key `target_tokens`, `(B, T)` (one target a position) or `(B, T, K)`
+  (K candidate targets a position), with `ignore_index=-100` where nothing is predicted.
+- Without `target_tokens`, they are the next tokens of `input_ids` (`shift_targets`): position t
+  predicts token t+1. With an `attention_mask`, a target counts only where both positions t and
+  t+1 are real tokens, so padding (left or right) is never predicted nor predicted from.
+- Sequence i contributes the positions whose target is not `ignore_index`, in order: a tensor of
+  shape `(T_i,)`, or `(T_i, K)` for candidate targets. With candidates, a position counts when all
+  of its K targets are given, and is padding when none is; a mix is an error.
+- Per-token reference log-probabilities in the batch (`ref_logprobs`, shape `(B, T)` or
+  `(B, T, K)`, aligned with the targets) are cut into sequences the same way.
+"""
+
+from collections.abc import Mapping
+
+import torch
+
+from minilearn.exceptions import MissingInputError
+from minilearn.losses.logprobs import _target_logprobs, check_targets, shift_targets
+
+__all__ = ["IGNORE_INDEX", "logprob_targets", "target_positions", "split_sequences", "sequence_logprobs"]
+
+IGNORE_INDEX = -100
+
+
+def logprob_targets(batch: Mapping) -> torch.Tensor:
+    """The targets of a mapping batch, by the convention above: `target_tokens`, or the shifted
+    `input_ids` with padding set to `IGNORE_INDEX`. Returns `(B, T)` or `(B, T, K)`.
+
+    >>> logprob_targets({"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.tensor([[1, 1, 0]])})
+    tensor([[   6, -100, -100]])
+    """
+    if not isinstance(batch, Mapping):
+        raise TypeError(f"a loss over log-probabilities needs a mapping batch (with 'input_ids' or "
+                        f"'target_tokens'), got a {type(batch).__name__}")
+    if "target_tokens" in batch:
+        targets = batch["target_tokens"]
+        if not isinstance(targets, torch.Tensor) or targets.ndim not in (2, 3):
+            shape = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
+            raise ValueError(f"target_tokens must be a tensor of shape (B, T) or (B, T, K), got {shape}")
+        return targets
+    if "input_ids" not in batch:
+        raise MissingInputError(f"a loss over log-probabilities needs 'target_tokens' or 'input_ids' in the "
+                                f"batch; the batch has keys {list(batch.keys())}")
+    ids = batch["input_ids"]
+    if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
+        shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ValueError(f"input_ids must be a tensor of shape (B, T), got {shape}")
+    targets = shift_targets(ids, IGNORE_INDEX)
+    mask = batch.get("attention_mask")
+    if mask is not None:
+        real = mask.bool()
+        targets[:, :-1].masked_fill_(~(real[:, :-1] & real[:, 1:]), IGNORE_INDEX)
+    return targets
+
+
+def target_positions(targets: torch.Tensor) -> torch.Tensor:
+    """`(B, T)` bool: the positions of `targets` that count (see the convention above).
+
+    >>> target_positions(torch.tensor([[[1, 2], [-100, -100]]]))
+    tensor([[ True, False]])
+    """
+    given = targets != IGNORE_INDEX
+    if targets.ndim == 2:
+        return given
+    counts = given.all(-1)
+    partial = given.any(-1) & ~counts
+    if partial.any():
+        b, t = partial.nonzero()[0].tolist()
+        raise ValueError(f"target_tokens of shape {tuple(targets.shape)} gives some but not all of its K candidate "
+                         f"targets at sequence {b}, position {t}: {targets[b, t].tolist()}; give all K, or "
+                         f"ignore_index={IGNORE_INDEX} for all K at a position that does not count")
+    return counts
+
+
+def split_sequences(values: torch.Tensor, positions: torch.Tensor, name: str = "values") -> list[torch.Tensor]:
+    """Cut `values` `(B, T, ...)` into one tensor a sequence, keeping the `positions` `(B, T)` that count.
+
+    >>> split_sequences(torch.tensor([[1., 2.], [3., 4.]]), torch.tensor([[True, False], [True, True]]))
+    [tensor([1.]), tensor([3., 4.])]
+    """
+    if tuple(values.shape[:2]) != tuple(positions.shape):
+        raise ValueError(f"{name} of shape {tuple(values.shape)} does not line up with the targets: expected "
+                         f"(B, T) = {tuple(positions.shape)} in front")
+    return [row[keep] for row, keep in zip(values, positions)]
+
+
+def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
+    """Target log-probabilities of each sequence, padding removed: a list of `B` tensors of shape
+    `(T_i,)` (or `(T_i, K)`), from `logits` `(B, T, V)` and `targets` `(B, T)` or `(B, T, K)`.
+
+    Computed by `token_logprobs`'s kernel (at least float32, no full log-softmax copy).
+
+    >>> lps = sequence_logprobs(torch.zeros(2, 3, 4), torch.tensor([[1, 2, -100], [0, -100, -100]]))
+    >>> [lp.shape for lp in lps], lps[1]
+    ([torch.Size([2]), torch.Size([1])], tensor([-1.3863]))
+    """
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 3:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"a loss over log-probabilities needs model logits of shape (B, T, V), got {shape}")
+    check_targets(logits, targets, IGNORE_INDEX)
+    return split_sequences(_target_logprobs(logits, targets, IGNORE_INDEX), target_positions(targets), "logprobs")

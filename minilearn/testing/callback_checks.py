@@ -1,0 +1,215 @@
+"""check_callback: run a callback in a short fit on a tiny Learner and report, check by check, whether it
+speaks the loop's language, which steps it takes over, and whether it leaves the loop as it found it."""
+
+import inspect
+import traceback
+import warnings
+from itertools import islice
+from typing import Any
+
+import torch
+
+from minilearn.callback import Callback, MisspeltEventWarning, misspelt_events
+from minilearn.data import DataLoaders
+from minilearn.events import EVENTS, STEPS
+from minilearn.inputs import callable_name
+from minilearn.learner import Learner
+from minilearn.testing.report import CheckReport
+from minilearn.testing.tiny import tiny_learner
+
+__all__ = ["check_callback"]
+
+_BATCH_PHASE = {"before_batch", "after_batch", "cleanup_batch", "after_predict", "after_loss", "after_backward",
+                "after_step", *STEPS}
+
+
+def _check_events(report: CheckReport, cb: Callback) -> None:
+    wrong = misspelt_events(cb)
+    if wrong:
+        report.add("events", False, "; ".join(
+            f"{cb.name}.{m} is not an event, so it never runs" + (f" (did you mean {near!r}?)" if near else "")
+            for m, near in wrong.items()))
+        return
+    listens = [e for e in EVENTS if callable(getattr(cb, e, None))]
+    report.add("events", True, f"listens to {', '.join(listens)}" if listens else "listens to no event")
+
+
+def _takes_the_learner(method: Any) -> bool:
+    try:
+        inspect.signature(method).bind(None)
+    except TypeError:
+        return False
+    except ValueError:  # no readable signature (a builtin): let the fit find out
+        return True
+    return True
+
+
+def _check_signatures(report: CheckReport, cb: Callback) -> None:
+    wrong = [n for n in EVENTS + STEPS if callable(getattr(cb, n, None)) and not _takes_the_learner(getattr(cb, n))]
+    if wrong:
+        report.add("signatures", False, f"{', '.join(f'{cb.name}.{n}' for n in wrong)} cannot be called as "
+                                        f"method(learn): every event and step method takes the learner")
+    else:
+        report.add("signatures", True, "every event and step method takes the learner")
+
+
+def _owner(cb: Callback | None) -> str:
+    return f"{cb.name} (order {cb.order})" if cb else "no callback"
+
+
+def _check_steps(report: CheckReport, cb: Callback, learn: Learner) -> None:
+    before = learn.step_owners
+    with learn.added_cbs(cb):
+        during = learn.step_owners
+    defined = [s for s in STEPS if callable(getattr(cb, s, None))]
+    shadowed = [s for s in defined if during[s] is not cb]
+    if shadowed:
+        report.add("steps", False, "; ".join(
+            f"defines {s} but {_owner(during[s])} owns it, so {cb.name}.{s} never runs: give {cb.name} an order "
+            f"above {during[s].order} to take it over" for s in shadowed))
+    elif defined:
+        report.add("steps", True, "; ".join(f"takes over {s} from {_owner(before[s])}" for s in defined))
+    else:
+        report.add("steps", True, "takes over no step")
+
+
+class _LoopObserver(Callback):
+    """Looks at the loop after every other callback has run, at each event of a batch, and keeps the
+    first time the model's mode or the gradient switch disagrees with the phase."""
+
+    order = 10_000
+
+    def __init__(self):
+        self.broken: dict[str, str] = {}
+        self.batches_seen = 0
+
+    def _look(self, learn: Learner, event: str) -> None:
+        phase = "training" if learn.training else "validation"
+        if learn.model.training != learn.training and "mode" not in self.broken:
+            mode = "eval" if learn.training else "train"
+            self.broken["mode"] = (f"the model was in {mode} mode at {event} of a {phase} batch; a callback that "
+                                   f"switches it must switch it back before the batch ends")
+        if torch.is_grad_enabled() != learn.training and "grad" not in self.broken:
+            state = "off" if learn.training else "on"
+            self.broken["grad"] = f"gradients were {state} at {event} of a {phase} batch"
+
+    def before_batch(self, learn):
+        self.batches_seen += 1
+        self._look(learn, "before_batch")
+
+    def after_predict(self, learn): self._look(learn, "after_predict")
+    def after_loss(self, learn): self._look(learn, "after_loss")
+    def after_backward(self, learn): self._look(learn, "after_backward")
+    def after_step(self, learn): self._look(learn, "after_step")
+
+    def after_batch(self, learn): self._look(learn, "after_batch")
+
+
+def _hook_count(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+def _temporary_state(learn: Learner) -> dict[str, Any]:
+    """What a callback may change during `fit` but must put back when it ends."""
+    return {"learn.cbs": tuple(learn.cbs), "learn.model": learn.model, "learn.loss_func": learn.loss_func,
+            "learn.lr": learn.lr, "learn.n_inp": learn.n_inp, "model mode (training)": learn.model.training,
+            "torch.is_grad_enabled()": torch.is_grad_enabled(),
+            "requires_grad of the parameters": tuple(p.requires_grad for p in learn.model.parameters()),
+            "hooks on the model": _hook_count(learn.model)}
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple) and value and all(isinstance(v, Callback) for v in value):
+        return "[" + ", ".join(v.name for v in value) + "]"
+    if callable(value) and not isinstance(value, type):
+        return callable_name(value)
+    return repr(value)
+
+
+def _origin(exc: BaseException, learn: Learner) -> str:
+    """Where in the loop `exc` came from: the event or step the Learner was running, and the callback
+    method it was calling then, read from the traceback."""
+    event = method = None
+    for frame, _ in traceback.walk_tb(exc.__traceback__):  # outermost first: the last match is the innermost
+        if frame.f_locals.get("self") is not learn:
+            continue
+        name = frame.f_code.co_name
+        if name == "callback":
+            event = frame.f_locals.get("event")
+            owner = getattr(frame.f_locals.get("handler"), "__self__", None)
+        elif name in STEPS:
+            event, owner = name, learn.step_owners.get(name)
+        else:
+            continue
+        method = f"{owner.name}.{event}" if isinstance(owner, Callback) else None
+    where = f"during {event}" if event else "in fit"
+    if event in _BATCH_PHASE:
+        where += f" of {'training' if learn.training else 'validation'} batch {learn.iter}"
+    return f"{method or 'fit'} raised {type(exc).__name__}: {exc} ({where})"
+
+
+def _check_fit(report: CheckReport, cb: Callback, learn: Learner) -> None:
+    observer = _LoopObserver()
+    before = _temporary_state(learn)
+    dls = learn.dls
+    learn.dls = DataLoaders(list(islice(dls.train, 2)), list(islice(dls.valid, 1)))
+    try:
+        learn.fit(1, cbs=[cb, observer])
+        report.add("fit", True, "a fit of two training batches and one validation batch ran")
+    except Exception as e:
+        report.add("fit", False, _origin(e, learn))
+    finally:
+        learn.dls = dls
+    if observer.broken:
+        report.add("invariants", False, "; ".join(observer.broken.values()))
+    elif observer.batches_seen:
+        report.add("invariants", True, "the model trained in training batches and evaluated in validation ones, "
+                                       "with gradients on only while training")
+    else:
+        report.add("invariants", None, "the fit ended before any batch")
+    after = _temporary_state(learn)
+    changed = [f"{k} was {_show(v)} before fit and {_show(after[k])} after" for k, v in before.items() if after[k] != v]
+    if changed:
+        report.add("restored", False, "; ".join(changed) + ": undo in after_fit or cleanup_fit what the callback "
+                                                            "changed during fit")
+    else:
+        report.add("restored", True, "the learner, model and torch's gradient switch are as before fit")
+
+
+def check_callback(cb: Callback, learn: Learner | None = None) -> CheckReport:
+    """Check a callback and report each check with pass/fail and a one-line explanation:
+
+    - `events`: no method looks like an event or step but is not one (`after_batchs`, `get_losss`):
+      it would never run; the nearest real name is given;
+    - `signatures`: every event and step method can be called as `method(learn)`;
+    - `steps`: which steps (`predict get_loss backward step zero_grad`) it takes over, from which
+      callback, and none it defines is owned by a callback of higher order;
+    - `fit`: a fit of two training batches and one validation batch with it runs; an exception is
+      named with the callback method and the event it came from;
+    - `invariants`: during that fit, after every callback has run at each event of a batch, the model
+      is in train mode with gradients on in training batches and in eval mode without in validation ones;
+    - `restored`: after the fit the learner's callbacks, model, loss, learning rate, the model's mode,
+      its parameters' `requires_grad`, its hooks and torch's gradient switch are as before.
+
+    `learn`: the Learner to run it on (default: `tiny_learner()`). It is trained for those two
+    batches and keeps its data loaders; pass a fresh one. `cb` is added for the fit only.
+
+    >>> class PrintLoss(Callback):
+    ...     def after_batchs(self, learn): print(learn.loss)
+    >>> report = check_callback(PrintLoss())
+    >>> bool(report), report.failed[0].explanation
+    (False, "PrintLoss.after_batchs is not an event, so it never runs (did you mean 'after_batch'?)")
+    """
+    if not isinstance(cb, Callback):
+        raise TypeError(f"check_callback checks a Callback instance, got {cb!r} of type {type(cb).__name__}"
+                        + (" (a class: pass an instance, cb=MyCallback())" if isinstance(cb, type) else ""))
+    learn = tiny_learner() if learn is None else learn
+    report = CheckReport(f"check_callback({cb.name})")
+    _check_events(report, cb)
+    _check_signatures(report, cb)
+    with warnings.catch_warnings():
+        # Adding `cb` warns about misspelt events, which the `events` check reports already.
+        warnings.simplefilter("ignore", MisspeltEventWarning)
+        _check_steps(report, cb, learn)
+        _check_fit(report, cb, learn)
+    return report
