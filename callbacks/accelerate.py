@@ -28,7 +28,7 @@ class AccelerateCB(Callback):
 
     - The model, optimizer and the train and valid `DataLoader`s are prepared once, at the first
       `fit` (a new optimizer from `fit(reset_opt=True)`, or new `dls`, are prepared when they appear).
-      `learn.unwrapped_model` is the model without Accelerate's wrappers.
+      `learn.unwrapped_model` is then the model without Accelerate's wrappers.
     - With `gradient_accumulation_steps=k`, gradients of k micro-batches are summed and the optimizer
       steps once; between boundaries `step` raises `CancelBatchException`, so `after_step` callbacks
       (schedules) run once per real optimizer step.
@@ -40,6 +40,10 @@ class AccelerateCB(Callback):
     - Validation predictions and batches are gathered from all processes (`gather_for_metrics`)
       before the loss, so validation metrics are those of the whole validation set.
     - Progress is shown on the main process only (`learn.is_main_process`).
+
+    Passed to one fit (`fit(cbs=AccelerateCB(...))`), it leaves the learner as it found it: its own
+    model object with its own `forward` (no DDP wrapper, no autocast patch), its data loaders and
+    optimizer. Kept in `learn.cbs`, it keeps its preparation across fits until it is removed.
 
     On a machine without a GPU, a multi-process launch needs `cpu=True`; it is set for you when
     `WORLD_SIZE` > 1 and CUDA is not available, and a launcher/Accelerate disagreement on the number
@@ -74,7 +78,9 @@ class AccelerateCB(Callback):
         # Accumulation bookkeeping is only needed with several micro-batches or processes a step.
         self._accumulating = gradient_accumulation_steps > 1 or self.acc.num_processes > 1
         self._settings = (self.acc.gradient_accumulation_steps, self.acc.mixed_precision)
-        self._model = self._opt = self._dls = None
+        self._model = self._opt = self._dls = None  # the prepared ones
+        self._user_model = self._user_opt = self._user_dls = None  # what they replaced, put back by `removed`
+        self._user_model_attrs: frozenset[str] = frozenset()  # the names in vars(user's model) before preparing
         self._denominator: torch.Tensor | None = None
 
     # ---- preparing, once ---------------------------------------------------------------------
@@ -93,16 +99,18 @@ class AccelerateCB(Callback):
             raise ValueError("GradClipCB clips each micro-batch before the gradients are normalised; "
                              "under AccelerateCB pass max_grad_norm=... instead")
         if learn.model is not self._model:
+            self._undo_model_patches()  # a model replaced while this callback stayed: unpatch the old one
+            self._user_model, self._user_model_attrs = learn.model, frozenset(vars(learn.model))
             learn.model = self._model = self.acc.prepare_model(learn.model)
         if learn.opt is not self._opt:
+            self._user_opt = learn.opt
             wrapped = self.acc.prepare_optimizer(learn.opt)
             # The learner then keeps a plain optimizer, which schedules and lr_find also see.
             learn.opt = self._opt = wrapped.optimizer if self._plain else wrapped
         if learn.dls is not self._dls:
-            self.original_dls = learn.dls
+            self._user_dls = learn.dls
             learn.dls = self._dls = DataLoaders(self._prepare_loader(learn.dls.train),
                                                  self._prepare_loader(learn.dls.valid))
-        learn.unwrapped_model = self.acc.unwrap_model(learn.model)
         learn.is_main_process = self.acc.is_main_process
         self._denominator = None
 
@@ -169,6 +177,35 @@ class AccelerateCB(Callback):
 
     def zero_grad(self, learn):
         learn.opt.zero_grad()  # only reached at a boundary: `step` cancels the rest
+
+    # ---- leaving the learner ---------------------------------------------------------------------
+
+    def _undo_model_patches(self) -> None:
+        # Accelerate marks the model object itself (`_is_accelerate_prepared`) and, with mixed
+        # precision, replaces its `forward` by one under autocast that converts the outputs to fp32,
+        # keeping the original in `_original_forward`. Put the model's own attributes back.
+        model = self._user_model
+        if model is None:
+            return
+        original_forward = vars(model).get("_original_forward")
+        for name in set(vars(model)) - self._user_model_attrs:
+            delattr(model, name)
+        if "forward" in self._user_model_attrs and original_forward is not None:
+            model.forward = original_forward  # the model had a forward of its own on the instance
+
+    def removed(self, learn):
+        self._undo_model_patches()
+        # Put back only what is still ours: a model, optimizer or loaders set since then stay.
+        if self._model is not None and learn.model is self._model:
+            learn.model = self._user_model
+        if self._opt is not None and learn.opt is self._opt:
+            learn.opt = self._user_opt
+        if self._dls is not None and learn.dls is self._dls:
+            learn.dls = self._user_dls
+        learn.is_main_process = True
+        self.acc.free_memory()  # Accelerate's references to the prepared objects
+        self._model = self._opt = self._dls = self._user_model = self._user_opt = self._user_dls = None
+        self._user_model_attrs, self._denominator = frozenset(), None
 
     # ---- state ---------------------------------------------------------------------------------
 

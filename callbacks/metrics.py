@@ -36,6 +36,9 @@ class MetricsCB(Callback):
     def before_fit(self, learn):
         self.history = []
 
+    def removed(self, learn):
+        learn.epoch_metrics = None  # a row nobody updates any more would read as this epoch's
+
     def before_epoch(self, learn):
         self.sums: dict[str, torch.Tensor | float] = {}
         self.count = 0

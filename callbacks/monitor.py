@@ -35,7 +35,7 @@ class Monitor:
 
     def value(self, learn) -> float:
         """The monitored number of the epoch phase that just ended; a clear error if there is none."""
-        row = getattr(learn, "epoch_metrics", None)
+        row = learn.epoch_metrics
         if not row or row.get("phase") != self.phase or self.key not in row:
             raise ValueError(f"monitor {self.name!r} needs {self.key!r} in the epoch metrics of the {self.phase} pass, "
                              f"but learn.epoch_metrics is {row}: add MetricsCB() (it writes them), with a metric of "

@@ -53,7 +53,7 @@ class ProgressCB(Callback):
     def after_epoch(self, learn):
         if not self.active:
             return
-        row = dict(getattr(learn, "epoch_metrics", None) or {"epoch": learn.epoch,
+        row = dict(learn.epoch_metrics or {"epoch": learn.epoch,
                                                             "phase": "train" if learn.training else "valid"})
         row["time"] = time.strftime("%M:%S", time.gmtime(time.monotonic() - self.start))
         if self.columns is None:

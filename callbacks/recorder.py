@@ -9,9 +9,10 @@ __all__ = ["Recorder"]
 
 class Recorder(Callback):
     """Record the learning rate and loss of each training batch, and the validation loss of each
-    epoch (from MetricsCB, when there is one). Reachable as `learn.recorder` once `fit` has started.
+    epoch (from MetricsCB, when there is one). Reachable as `learn.recorder` while it is in the
+    learner; a Recorder passed to one fit leaves with it, so keep your own reference.
 
-    >>> # learn.fit(3, cbs=[MetricsCB(), Recorder()]); learn.recorder.plot_loss()
+    >>> # rec = Recorder(); learn.fit(3, cbs=[MetricsCB(), rec]); rec.plot_loss()
     """
 
     order = 45
@@ -26,13 +27,17 @@ class Recorder(Callback):
         self.lrs, self.losses, self.valid_losses = [], [], []
         self._pending: list[torch.Tensor] = []
 
+    def removed(self, learn):
+        if learn.recorder is self:
+            learn.recorder = None
+
     def after_loss(self, learn):
         if learn.training:
             self.lrs.append(learn.opt.param_groups[0]["lr"])
             self._pending.append(learn.loss.detach())  # read at the end of fit: no sync per batch
 
     def after_epoch(self, learn):
-        row = getattr(learn, "epoch_metrics", None)
+        row = learn.epoch_metrics
         if not learn.training and row and row["phase"] == "valid" and "loss" in row:
             self.valid_losses.append((len(self.lrs), row["loss"]))
 

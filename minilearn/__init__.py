@@ -3,7 +3,7 @@
 from minilearn.callback import Callback, MisspeltEventWarning, misspelt_events
 from minilearn.custom_loss import CustomLossResult, forward_backward_custom
 from minilearn.data import DataLoaders, batch_size, default_device, to_device
-from minilearn.events import EVENTS, STEPS
+from minilearn.events import EVENTS, LOOP_STATE, STEPS
 from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException, CheckpointError,
                                   LossOutputError, MissingInputError, UnknownEventError)
 from minilearn.fused_head import FusedHead
@@ -16,7 +16,7 @@ from minilearn.train import TrainCB
 __version__ = "0.1.0"
 
 __all__ = [
-    "Learner", "Callback", "TrainCB", "LRFinderCB", "EVENTS", "STEPS", "misspelt_events", "MisspeltEventWarning",
+    "Learner", "Callback", "TrainCB", "LRFinderCB", "EVENTS", "STEPS", "LOOP_STATE", "misspelt_events", "MisspeltEventWarning",
     "CancelFitException", "CancelEpochException", "CancelBatchException",
     "UnknownEventError", "MissingInputError", "LossOutputError", "CheckpointError",
     "NormalizedLoss", "forward_backward_custom", "CustomLossResult", "logprob_targets", "sequence_logprobs",

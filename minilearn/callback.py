@@ -29,6 +29,13 @@ class Callback:
         """The class name, used in `Learner.show_cbs()` and error messages."""
         return type(self).__name__
 
+    def removed(self, learn) -> None:
+        """Called when this callback leaves `learn`: at the end of the `fit(cbs=...)` or `added_cbs`
+        block it was added for, or by `learn.remove_cbs`. A callback that replaced something of the
+        learner's (the model, the data loaders, the optimizer, an attribute others read) puts it back
+        here, so that swapping callbacks in a notebook leaves the learner as it was. While it stays in
+        `learn.cbs` it may keep what it set up (AccelerateCB keeps its prepared model across fits)."""
+
     def __repr__(self) -> str:
         return f"{self.name}(order={self.order})"
 

@@ -85,7 +85,7 @@ def _micro_batches(batch: Mapping, n: int, size: int | None) -> list[tuple[slice
 def model_logits(learn, batch: Mapping) -> torch.Tensor:
     """Run the learner's `predict` step (whichever callback owns it) on `batch` and return the
     logits `(B, T, V)`; `learn.batch` and `learn.preds` are left as they were."""
-    saved = getattr(learn, "batch", None), getattr(learn, "preds", None)
+    saved = learn.batch, learn.preds
     learn.batch = batch
     try:
         learn.predict()

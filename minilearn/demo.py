@@ -76,7 +76,7 @@ def run_demo(epochs: int = 2, max_chars: int = 1_000_000, vocab_size: int = 2048
         print(f"\n== {name} ==")
         start = time.monotonic()
         learn.fit(epochs, cbs=[AccelerateCustomCB(loss), OneCycleCB(lr_max=lr)])
-        acc, n = key_token_accuracy(learn.unwrapped_model, dls.valid, key_ids)
+        acc, n = key_token_accuracy(learn.model, dls.valid, key_ids)
         results[name] = acc
         print(f"{name}: key-token next-token accuracy {acc:.3f} over {n} validation key tokens "
               f"({time.monotonic() - start:.0f} s)")

@@ -1,6 +1,6 @@
 """The names of the loop's events and steps: the whole vocabulary a callback can speak."""
 
-__all__ = ["EVENTS", "STEPS"]
+__all__ = ["EVENTS", "STEPS", "LOOP_STATE"]
 
 # Every callback that defines one of these runs, in `order`. `cleanup_*` always runs (it is called
 # from a `finally`), so it is where a callback undoes what its `before_*` did.
@@ -13,3 +13,9 @@ EVENTS: tuple[str, ...] = (
 
 # Exactly one callback runs each of these: the one with the highest `order` that defines it.
 STEPS: tuple[str, ...] = ("predict", "get_loss", "backward", "step", "zero_grad")
+
+# The Learner's attributes that the loop itself sets as it runs (a callback may read them, and
+# replace `batch`, `preds`, `loss`, `dl` or `epochs` for the batch or fit at hand). Everything else on
+# the learner belongs to the user, or to a callback that puts it back when it is removed.
+LOOP_STATE: tuple[str, ...] = ("epoch", "n_epochs", "epochs", "iter", "training", "dl", "batch", "preds", "loss",
+                               "loss_metrics", "loss_parts")

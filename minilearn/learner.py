@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from fastcore.basics import store_attr
 from fastcore.foundation import L
 
@@ -56,10 +57,15 @@ class Learner:
         store_attr("model,dls,loss_func,lr,opt_func,n_inp")
         self.opt: torch.optim.Optimizer | None = None
         self.cbs: list[Callback] = []
-        self.epoch, self.iter, self.training = 0, 0, False
+        # The loop's own state (minilearn.events.LOOP_STATE), set as it runs. The last batch and its
+        # predictions stay after a fit, for a look at them (SingleBatchCB).
+        self.epoch, self.n_epochs, self.epochs, self.iter, self.training = 0, 0, range(0), 0, False
+        self.dl = self.batch = self.preds = self.loss = self.loss_parts = None
         self.loss_metrics: dict = {}
-        self.loss_parts = None
-        self.is_main_process = True  # AccelerateCB sets it; printing callbacks print only where it is True
+        # What callbacks set for others to read (each puts back its default when it is removed):
+        self.epoch_metrics: dict | None = None  # MetricsCB: the row of the epoch phase that just ended
+        self.recorder = None  # Recorder: itself, for `learn.recorder.plot_loss()`
+        self.is_main_process = True  # AccelerateCB: printing callbacks print only where it is True
         self.position = TrainingPosition()
         cbs = L(cbs)
         self.add_cbs(cbs if any(isinstance(cb, TrainCB) for cb in cbs) else [TrainCB(), *cbs])
@@ -76,10 +82,15 @@ class Learner:
         self._build_dispatch()
 
     def remove_cbs(self, cbs: CallbackArg) -> None:
-        """Remove callbacks: instances, or every callback of a given class."""
+        """Remove callbacks: instances, or every callback of a given class. Each removed callback's
+        `removed(learn)` runs (highest order first), so it can put back what it replaced."""
+        gone = []
         for cb in L(cbs):
-            self.cbs = [c for c in self.cbs if not (c is cb or (isinstance(cb, type) and isinstance(c, cb)))]
+            gone += [c for c in self.cbs if c is cb or (isinstance(cb, type) and isinstance(c, cb))]
+            self.cbs = [c for c in self.cbs if all(c is not g for g in gone)]
         self._build_dispatch()
+        for cb in sorted(gone, key=lambda cb: cb.order, reverse=True):
+            cb.removed(self)
 
     @contextmanager
     def added_cbs(self, cbs: CallbackArg) -> Iterator[None]:
@@ -143,9 +154,9 @@ class Learner:
         where = ""
         if not event.endswith("_fit"):
             where = f" in epoch {self.epoch} ({'training' if self.training else 'validation'}"
-            batch = describe(getattr(self, "batch", None))
+            batch = describe(self.batch)
             where += ")" if event.endswith("_epoch") else f" batch {self.iter}; batch: {batch})"
-        if event in ("get_loss", "after_predict", "after_loss") and getattr(self, "preds", None) is not None:
+        if event in ("get_loss", "after_predict", "after_loss") and self.preds is not None:
             where += f"; model output: {describe(self.preds)}"
         exc.add_note(f"minilearn: raised by {who} at {event}{where}")
 
@@ -234,7 +245,9 @@ class Learner:
             valid: bool = True, reset_opt: bool = False, resume: str | os.PathLike | None = None) -> None:
         """Train for `n_epochs`, each a training pass then a validation pass.
 
-        `cbs` are added for this call only. `lr` replaces the learning rate from now on. The optimizer
+        `cbs` are added for this call only, and leave the learner as they found it (see
+        `Callback.removed`). `lr` replaces `learn.lr` from now on; every fit starts with the
+        optimizer's learning rate at `learn.lr` (a schedule then sets it batch by batch). The optimizer
         is kept between calls (momentum and all); `reset_opt=True` builds a fresh one.
 
         `resume`: a checkpoint saved (`save`, `SaveModelCB`) during a fit called like this one (same
@@ -259,9 +272,8 @@ class Learner:
                     self.lr = lr
                 if self.opt is None or reset_opt:
                     self.opt = self.opt_func(self.model.parameters(), lr=self.lr)
-                elif lr is not None:
-                    for group in self.opt.param_groups:
-                        group["lr"] = lr
+                for group in self.opt.param_groups:
+                    group["lr"] = self.lr
                 self.n_epochs, self.epochs = n_epochs, range(first_epoch, n_epochs)
                 self._with_events("fit", lambda: self._fit(train, valid), CancelFitException)
             finally:
@@ -292,7 +304,7 @@ class Learner:
                  "callbacks": {k: cb.state_dict() for k, cb in stateful_callbacks(self.cbs).items()}}
         if with_opt and self.opt is not None:
             state["opt"] = self.opt.state_dict()
-        return save_checkpoint(path, self._unwrapped_model, state)
+        return save_checkpoint(path, self.unwrapped_model, state)
 
     def load(self, path: str | os.PathLike, with_opt: bool = True) -> None:
         """Load a checkpoint written by `save`: the weights, the optimizer state (when `with_opt`; the
@@ -303,7 +315,7 @@ class Learner:
 
     def restore(self, state: dict, weights: dict, source: str | os.PathLike, with_opt: bool = True) -> None:
         """Put a checkpoint read by `minilearn.checkpoint.read_checkpoint` into the learner (see `load`)."""
-        model = self._unwrapped_model
+        model = self.unwrapped_model
         check_weights(model, weights, source)
         if with_opt and "opt" in state:
             opt = self.opt or self.opt_func(model.parameters(), lr=self.lr)
@@ -319,9 +331,10 @@ class Learner:
                 cb.load_state_dict(cb_states[key])
 
     @property
-    def _unwrapped_model(self) -> torch.nn.Module:
-        # Under AccelerateCB the model may be wrapped (DDP); a checkpoint holds the plain model's weights.
-        return getattr(self, "unwrapped_model", self.model)
+    def unwrapped_model(self) -> torch.nn.Module:
+        """`model` without the wrappers a launcher puts around it (DDP, FSDP, DeepSpeed, `torch.compile`):
+        the user's own module, whose weights a checkpoint holds. `model` itself when there are none."""
+        return extract_model_from_parallel(self.model)
 
     # ---- state saved by a callback that knows how (AccelerateCB) ---------------------------------
 

@@ -214,7 +214,7 @@ class Freezes(Callback):
 def test_state_not_restored_after_fit_fails_restored(cb, what):
     report = check_callback(cb)
     assert [c.name for c in report.failed] == ["restored"]
-    assert what in report.failed[0].explanation and "undo in after_fit or cleanup_fit" in report.failed[0].explanation
+    assert what in report.failed[0].explanation and "undo in cleanup_fit" in report.failed[0].explanation
 
 
 def test_a_given_learner_runs_two_training_batches_and_keeps_its_data():

@@ -4,9 +4,10 @@ from functools import partial
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.optim.lr_scheduler import OneCycleLR, StepLR
 
-from minilearn import Callback
+from minilearn import Callback, DataLoaders, Learner
 from minilearn.callbacks import BatchSchedCB, DeviceCB, GradClipCB, OneCycleCB, Recorder, SingleBatchCB
 
 
@@ -83,3 +84,13 @@ def test_device_cb_moves_model_and_batches(make_learner):
     learn.fit(1)
     assert all(d == (torch.device("cpu"),) * 2 for d in moved)
     assert next(learn.model.parameters()).device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("n_batches", range(1, 9))
+def test_one_cycle_runs_on_short_fits(n_batches):
+    # OneCycleLR itself divides by zero when pct_start * total_steps is 1 (0.25 of 4 steps).
+    learn = Learner(torch.nn.Linear(2, 1), DataLoaders([(torch.randn(4, 2), torch.randn(4, 1))] * n_batches, []),
+                    F.mse_loss)
+    cb = Recorder()
+    learn.fit(1, cbs=[OneCycleCB(0.1), cb])
+    assert len(cb.lrs) == n_batches and max(cb.lrs) <= 0.1 + 1e-12

@@ -14,6 +14,7 @@ from minilearn.data import DataLoaders
 from minilearn.events import EVENTS, STEPS
 from minilearn.inputs import callable_name
 from minilearn.learner import Learner
+from minilearn.testing.fingerprint import learner_fingerprint, left_behind
 from minilearn.testing.report import CheckReport
 from minilearn.testing.tiny import tiny_learner
 
@@ -105,27 +106,6 @@ class _LoopObserver(Callback):
     def after_batch(self, learn): self._look(learn, "after_batch")
 
 
-def _hook_count(model: torch.nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
-
-
-def _temporary_state(learn: Learner) -> dict[str, Any]:
-    """What a callback may change during `fit` but must put back when it ends."""
-    return {"learn.cbs": tuple(learn.cbs), "learn.model": learn.model, "learn.loss_func": learn.loss_func,
-            "learn.lr": learn.lr, "learn.n_inp": learn.n_inp, "model mode (training)": learn.model.training,
-            "torch.is_grad_enabled()": torch.is_grad_enabled(),
-            "requires_grad of the parameters": tuple(p.requires_grad for p in learn.model.parameters()),
-            "hooks on the model": _hook_count(learn.model)}
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, tuple) and value and all(isinstance(v, Callback) for v in value):
-        return "[" + ", ".join(v.name for v in value) + "]"
-    if callable(value) and not isinstance(value, type):
-        return callable_name(value)
-    return repr(value)
-
-
 def _origin(exc: BaseException, learn: Learner) -> str:
     """Where in the loop `exc` came from: the event or step the Learner was running, and the callback
     method it was calling then, read from the traceback."""
@@ -150,16 +130,18 @@ def _origin(exc: BaseException, learn: Learner) -> str:
 
 def _check_fit(report: CheckReport, cb: Callback, learn: Learner) -> None:
     observer = _LoopObserver()
-    before = _temporary_state(learn)
+    if learn.opt is None:
+        learn.fit(0)  # builds the optimizer, so that what the callback does to it can be seen
     dls = learn.dls
     learn.dls = DataLoaders(list(islice(dls.train, 2)), list(islice(dls.valid, 1)))
+    before = learner_fingerprint(learn)
     try:
         learn.fit(1, cbs=[cb, observer])
         report.add("fit", True, "a fit of two training batches and one validation batch ran")
     except Exception as e:
         report.add("fit", False, _origin(e, learn))
-    finally:
-        learn.dls = dls
+    changed = left_behind(before, learner_fingerprint(learn))
+    learn.dls = dls
     if observer.broken:
         report.add("invariants", False, "; ".join(observer.broken.values()))
     elif observer.batches_seen:
@@ -167,13 +149,12 @@ def _check_fit(report: CheckReport, cb: Callback, learn: Learner) -> None:
                                        "with gradients on only while training")
     else:
         report.add("invariants", None, "the fit ended before any batch")
-    after = _temporary_state(learn)
-    changed = [f"{k} was {_show(v)} before fit and {_show(after[k])} after" for k, v in before.items() if after[k] != v]
     if changed:
-        report.add("restored", False, "; ".join(changed) + ": undo in after_fit or cleanup_fit what the callback "
-                                                            "changed during fit")
+        report.add("restored", False, "; ".join(changed) + ": undo in cleanup_fit what the callback changed during "
+                                                            "fit (or, for what it keeps while it stays, in removed)")
     else:
-        report.add("restored", True, "the learner, model and torch's gradient switch are as before fit")
+        report.add("restored", True, "the learner, its model, optimizer settings, data and torch's gradient and "
+                                     "autocast switches are as before fit")
 
 
 def check_callback(cb: Callback, learn: Learner | None = None) -> CheckReport:
@@ -188,8 +169,10 @@ def check_callback(cb: Callback, learn: Learner | None = None) -> CheckReport:
       named with the callback method and the event it came from;
     - `invariants`: during that fit, after every callback has run at each event of a batch, the model
       is in train mode with gradients on in training batches and in eval mode without in validation ones;
-    - `restored`: after the fit the learner's callbacks, model, loss, learning rate, the model's mode,
-      its parameters' `requires_grad`, its hooks and torch's gradient switch are as before.
+    - `restored`: after the fit the learner is as it was (`learner_fingerprint`): its callbacks,
+      model object and the model's own `forward`, mode, `requires_grad`, dtypes and hooks, the data
+      loaders, the optimizer object and its hyperparameters, loss, learning rate, no attribute added,
+      and torch's gradient and autocast switches.
 
     `learn`: the Learner to run it on (default: `tiny_learner()`). It is trained for those two
     batches and keeps its data loaders; pass a fresh one. `cb` is added for the fit only.
