@@ -32,7 +32,8 @@ class AccelerateCB(Callback):
     - With `gradient_accumulation_steps=k`, gradients of k micro-batches are summed and the optimizer
       steps once; between boundaries `step` raises `CancelBatchException`, so `after_step` callbacks
       (schedules) run once per real optimizer step.
-    - A loss returning `NormalizedLoss(total, denominator)` gets the exact gradient of the whole
+    - A loss with a denominator (the plug-in losses, or any loss returning
+      `NormalizedLoss(total, denominator)`; `learn.loss_parts`) gets the exact gradient of the whole
       global batch: `total` is back-propagated, the denominators are added up over micro-batches and
       processes, and the gradients are divided by that sum before clipping and stepping. Any other
       loss is averaged per micro-batch (and per process), as in a plain loop.
@@ -143,8 +144,9 @@ class AccelerateCB(Callback):
         parts = learn.loss_parts
         if parts is None:
             if self._denominator is not None:
-                raise ValueError("a loss returned NormalizedLoss for some micro-batches of this step and a "
-                                 "plain scalar for others; return the same kind every time")
+                raise ValueError("a loss returned a total and denominator (NormalizedLoss, or a LossTensor that "
+                                 "is not a sum) for some micro-batches of this step and a plain scalar for "
+                                 "others; return the same kind every time")
             self._backward(learn.loss)
             return
         self._backward(parts.total)
@@ -240,8 +242,8 @@ class AccelerateCustomCB(AccelerateCB):
 
     The loss is called with its named inputs (see `minilearn.inputs`), outside autocast and on
     float32 model outputs, and its result lands on `learn.loss` and `learn.loss_metrics`, so that
-    MetricsCB, ProgressCB and schedules see it. Return `NormalizedLoss` for exact normalisation
-    under accumulation and several processes.
+    MetricsCB, ProgressCB and schedules see it. The plug-in losses (and a loss returning
+    `NormalizedLoss`) are normalised exactly under accumulation and several processes.
 
     >>> # learn.fit(1, cbs=AccelerateCustomCB(WeightedCrossEntropy(), mixed_precision="bf16"))
     """

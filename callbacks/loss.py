@@ -12,9 +12,9 @@ class LossCB(Callback):
     """Compute the loss with `loss` instead of the Learner's `loss_func`.
 
     `loss` is called like any loss (model output first, then the batch inputs its parameters name)
-    and may return a scalar, `(loss, metrics)` or a `NormalizedLoss`. Passed to `fit`, it swaps
-    the loss for that fit only: when it is removed, `get_loss` goes back to `TrainCB` and
-    `learn.loss_func`. Its `order` (10) is above TrainCB's and below AccelerateCB's, so it works
+    and may return a scalar, `(loss, metrics)`, a `NormalizedLoss` or a `LossTensor` (the plug-in
+    losses). Passed to `fit`, it swaps the loss for that fit only: when it is removed, `get_loss`
+    goes back to `TrainCB` and `learn.loss_func`. Its `order` (10) is above TrainCB's and below AccelerateCB's, so it works
     with `AccelerateCB` (which leaves `get_loss` alone), while `AccelerateCustomCB`, which owns
     `get_loss` itself, takes precedence over it.
 

@@ -9,7 +9,7 @@ from minilearn.exceptions import (CancelBatchException, CancelEpochException, Ca
 from minilearn.fused_head import FusedHead
 from minilearn.learner import Learner
 from minilearn.lr_finder import LRFinderCB
-from minilearn.normalized_loss import NormalizedLoss
+from minilearn.normalized_loss import LossTensor, NormalizedLoss
 from minilearn.sequence_logprobs import logprob_targets, sequence_logprobs
 from minilearn.train import TrainCB
 
@@ -19,6 +19,6 @@ __all__ = [
     "Learner", "Callback", "TrainCB", "LRFinderCB", "EVENTS", "STEPS", "LOOP_STATE", "misspelt_events", "MisspeltEventWarning",
     "CancelFitException", "CancelEpochException", "CancelBatchException",
     "UnknownEventError", "MissingInputError", "LossOutputError", "CheckpointError",
-    "NormalizedLoss", "forward_backward_custom", "CustomLossResult", "logprob_targets", "sequence_logprobs",
+    "NormalizedLoss", "LossTensor", "forward_backward_custom", "CustomLossResult", "logprob_targets", "sequence_logprobs",
     "DataLoaders", "to_device", "batch_size", "default_device", "FusedHead",
 ]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from minilearn.exceptions import LossOutputError, MissingInputError
-from minilearn.normalized_loss import NormalizedLoss
+from minilearn.normalized_loss import LossTensor, NormalizedLoss
 
 __all__ = ["Signature", "signature_of", "model_call", "loss_call", "select_output", "split_loss_output",
            "store_loss", "callable_name"]
@@ -122,11 +122,23 @@ def loss_call(f: Callable, output: Any, batch: Any, n_inp: int, sig: Signature |
     return f(preds, *extras)
 
 
-def split_loss_output(out: Any, f: Callable) -> tuple[torch.Tensor, dict, NormalizedLoss | None]:
-    """Check what a loss returned and split it into `(scalar_tensor, metrics_dict, parts)`, where
-    `parts` is the `NormalizedLoss` the loss returned, if it did (else None)."""
+def split_loss_output(out: Any, f: Callable) -> tuple[torch.Tensor, dict, LossTensor | None]:
+    """Check what a loss returned and split it into `(scalar_tensor, metrics_dict, parts)`.
+
+    A loss may return a scalar tensor, `(scalar, metrics)`, a `NormalizedLoss` or a `LossTensor`
+    (what the plug-in losses return; a `NormalizedLoss` is turned into one here). `parts` is the
+    `LossTensor` when it has a denominator (its `.total` and `.denominator` are what the step owner
+    normalises by), else None: plain scalars and sums are averaged per micro-batch. The metrics are
+    a `LossTensor`'s own, then those of `(loss, metrics)`.
+
+    >>> loss, metrics, parts = split_loss_output(NormalizedLoss(torch.tensor(3.0), 2, {"n": 2}), None)
+    >>> loss, metrics, parts.total, parts.denominator
+    (LossTensor(1.5000), {'n': 2}, tensor(3.), tensor(2))
+    >>> split_loss_output((torch.tensor(3.0), {"n": 2}), None)
+    (tensor(3.), {'n': 2}, None)
+    """
     if isinstance(out, NormalizedLoss):
-        return out.value, dict(out.metrics), out
+        out = out.as_tensor()
     metrics: dict = {}
     if isinstance(out, tuple):
         if len(out) != 2 or not isinstance(out[1], Mapping):
@@ -140,10 +152,13 @@ def split_loss_output(out: Any, f: Callable) -> tuple[torch.Tensor, dict, Normal
         raise LossOutputError(
             f"loss {callable_name(f)} returned a tensor of shape {tuple(out.shape)}; expected a scalar "
             f"(0-dim) tensor: reduce it, for example with .mean() or .sum()")
+    if isinstance(out, LossTensor):
+        return out, {**out.metrics, **metrics}, None if out.is_sum else out
     return out, dict(metrics), None
 
 
 def store_loss(learn, out: Any, f: Callable) -> None:
     """Check what loss `f` returned and put it on the learner: `learn.loss` (the scalar),
-    `learn.loss_metrics` and `learn.loss_parts` (a `NormalizedLoss`, or None)."""
+    `learn.loss_metrics` and `learn.loss_parts` (an object with `.total` and `.denominator`, the
+    `LossTensor` itself, or None; see `split_loss_output`)."""
     learn.loss, learn.loss_metrics, learn.loss_parts = split_loss_output(out, f)

@@ -54,7 +54,8 @@ class TrainCB(Callback):
         store_loss(learn, out, learn.loss_func)
 
     def backward(self, learn):
-        # One micro-batch per step here, so a NormalizedLoss's ratio already has the exact gradient.
+        # One micro-batch per step here, so the ratio of a loss with a denominator (a LossTensor
+        # from NormalizedLoss or a plug-in loss) already has the exact gradient.
         learn.loss.backward()
 
     def step(self, learn):

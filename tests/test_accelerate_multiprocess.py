@@ -43,6 +43,9 @@ def assert_same(a, b, tol=1e-6):
     (["--loss", "weighted", "--bs", "8"], "weighted", 16),
     (["--loss", "weighted", "--bs", "4", "--gas", "2"], "weighted", 16),
     (["--loss", "weighted", "--bs", "4", "--gas", "2", "--custom"], "weighted", 16),
+    # the plug-in loss returns a LossTensor: the same exact normalisation as NormalizedLoss
+    (["--loss", "plugin", "--bs", "4", "--gas", "2"], "weighted", 16),
+    (["--loss", "plugin", "--bs", "4", "--gas", "2", "--custom"], "weighted", 16),
     (["--loss", "plain", "--bs", "8"], "plain", 16),
 ])
 def test_two_processes_match_one_process_on_the_global_batch(tmp_path, args, loss, global_bs):

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minilearn import NormalizedLoss
+from minilearn import LossTensor
 from minilearn.losses import (ImportanceSamplingLoss, KeyTokenWeightedLoss, PolicyGradientLoss, WeightedCrossEntropy,
                               importance_sampling_loss, key_token_weighted_loss, policy_gradient_loss,
                               shift_targets, token_logprobs, weighted_cross_entropy)
@@ -117,16 +117,14 @@ def test_weighted_cross_entropy_matches_the_hand_formula(lead, shape, reduction)
     t.view(-1)[2] = IGNORE
     w = torch.rand(shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 3
     out = WeightedCrossEntropy(reduction)(x, t, w)
+    assert isinstance(out, LossTensor) and set(out.metrics) >= {"weight_sum", "zero_weight_batches"}
     if reduction == "weight_mean":
-        assert isinstance(out, NormalizedLoss)
-        lib = out.value
         # the parts: total is the sum form, denominator the weight sum over counted tokens
         assert abs(out.total.item() - hand_weighted_ce(x, t, w, "sum").item()) < TOL
         assert abs(out.denominator.item() - (w.reshape(-1).sum() - w.reshape(-1)[2]).item()) < TOL
     else:
-        lib, metrics = out
-        assert set(metrics) >= {"weight_sum", "zero_weight_batches"}
-    assert_same(lib, hand_weighted_ce(x, t, w, reduction), x)
+        assert out.is_sum
+    assert_same(out, hand_weighted_ce(x, t, w, reduction), x)
 
 
 def test_uniform_weights_give_f_cross_entropy():
@@ -135,10 +133,10 @@ def test_uniform_weights_give_f_cross_entropy():
     t[0, 1] = t[2, 3] = IGNORE
     ones = torch.ones(3, 4, dtype=torch.float64)
     flat = (x.reshape(-1, 7), t.reshape(-1))
-    assert_same(weighted_cross_entropy(x, t, 2.5 * ones).value, F.cross_entropy(*flat, ignore_index=IGNORE), x)
-    assert_same(weighted_cross_entropy(x, t, ones, "sum")[0],
+    assert_same(weighted_cross_entropy(x, t, 2.5 * ones), F.cross_entropy(*flat, ignore_index=IGNORE), x)
+    assert_same(weighted_cross_entropy(x, t, ones, "sum"),
                 F.cross_entropy(*flat, ignore_index=IGNORE, reduction="sum"), x)
-    assert_same(importance_sampling_loss(x, t, ones, ones).value, F.cross_entropy(*flat, ignore_index=IGNORE), x)
+    assert_same(importance_sampling_loss(x, t, ones, ones), F.cross_entropy(*flat, ignore_index=IGNORE), x)
 
 
 def test_weighted_cross_entropy_gradcheck():
@@ -146,8 +144,8 @@ def test_weighted_cross_entropy_gradcheck():
     t = torch.tensor([0, 4, IGNORE, 2])
     w = torch.tensor([0.5, 2.0, 1.0, 0.0], dtype=torch.float64)
     tk = torch.tensor([[0, 1], [4, 3], [IGNORE, 2], [2, 2]])
-    assert torch.autograd.gradcheck(lambda x: weighted_cross_entropy(x, t, w).value, (x,))
-    assert torch.autograd.gradcheck(lambda x: weighted_cross_entropy(x, tk, torch.ones(4, 2, dtype=torch.float64), "sum")[0], (x,))
+    assert torch.autograd.gradcheck(lambda x: weighted_cross_entropy(x, t, w), (x,))
+    assert torch.autograd.gradcheck(lambda x: weighted_cross_entropy(x, tk, torch.ones(4, 2, dtype=torch.float64), "sum"), (x,))
 
 
 # ---- ImportanceSamplingLoss ----------------------------------------------------------------------
@@ -173,8 +171,8 @@ def test_importance_sampling_matches_the_hand_formula(clip):
     w = torch.rand(2, 5, generator=g, dtype=torch.float64)
     iw = 4 * torch.randn(2, 5, generator=g, dtype=torch.float64)  # some beyond +-1.5 both ways
     out = ImportanceSamplingLoss(clip_ratio=clip)(x, t, w, iw)
-    assert isinstance(out, NormalizedLoss)
-    assert_same(out.value, hand_importance_sampling(x, t, w, iw, clip), x)
+    assert isinstance(out, LossTensor) and not out.is_sum
+    assert_same(out, hand_importance_sampling(x, t, w, iw, clip), x)
     counted = t != IGNORE
     expected_clipped = ((iw.abs() > 1.5) & counted).sum().item() / counted.sum().item() if clip else 0.0
     assert abs(out.metrics["clip_fraction"].item() - float(expected_clipped)) < TOL
@@ -184,7 +182,7 @@ def test_importance_sampling_gradcheck():
     x = rand(4, 3)
     t = torch.tensor([2, 0, 1, IGNORE])
     w, iw = torch.rand(4, dtype=torch.float64), torch.tensor([0.5, 3.0, -2.0, 1.0], dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda x: importance_sampling_loss(x, t, w, iw, clip_ratio=1.2).value, (x,))
+    assert torch.autograd.gradcheck(lambda x: importance_sampling_loss(x, t, w, iw, clip_ratio=1.2), (x,))
 
 
 # ---- PolicyGradientLoss --------------------------------------------------------------------------
@@ -219,7 +217,9 @@ def test_policy_gradient_matches_the_hand_formula(kind):
         q = torch.log_softmax(x, -1).gather(-1, t.clamp(min=0)[..., None])[..., 0] + 0.4 * torch.randn(3, 4, generator=g, dtype=torch.float64)
     q[0, 0] = 50.0  # an ignored position's sampler logprob must not matter (exp would overflow)
     adv = torch.randn(3, 4, generator=g, dtype=torch.float64)
-    loss, metrics = PolicyGradientLoss(kind, clip_low=0.8, clip_high=1.2, beta=0.3)(x, t, q, adv)
+    loss = PolicyGradientLoss(kind, clip_low_threshold=0.8, clip_high_threshold=1.2, beta=0.3)(x, t, q, adv)
+    assert isinstance(loss, LossTensor) and loss.is_sum
+    metrics = loss.metrics
     assert_same(loss, hand_policy_gradient(x, t, q, adv, kind, 0.8, 1.2, 0.3), x)
     counted = t != IGNORE
     with torch.no_grad():
@@ -237,10 +237,11 @@ def test_policy_gradient_gradcheck(kind):
     q = torch.tensor([-1.0, -1.3, -0.9, 0.0], dtype=torch.float64)
     if kind == "cispo":
         # gradcheck differentiates numerically through the stop-gradient too, so it can only check
-        # CISPO where every ratio is clipped (the stopped factor is then constant)
-        q = torch.tensor([-3.0, 1.0, -3.0, 0.0], dtype=torch.float64)
+        # CISPO where every ratio is clipped (the stopped factor is then constant): with its default
+        # one-sided clip, ratios above 4
+        q = torch.tensor([-4.0, -4.0, -4.0, 0.0], dtype=torch.float64)
     adv = torch.tensor([1.0, -0.5, 2.0, 3.0], dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda x: policy_gradient_loss(x, t, q, adv, kind, beta=0.2)[0], (x,))
+    assert torch.autograd.gradcheck(lambda x: policy_gradient_loss(x, t, q, adv, kind, beta=0.2), (x,))
 
 
 # ---- KeyTokenWeightedLoss ------------------------------------------------------------------------
@@ -275,9 +276,9 @@ def test_key_token_loss_is_the_course_loss_without_padding():
     ids[0, 2] = ids[1, 0] = ids[1, 4] = 3
     # alpha exact in float32: the course's weights are float32 (`.float()`)
     loss = KeyTokenWeightedLoss(key, alpha=0.75)(x, ids)
-    assert isinstance(loss, NormalizedLoss) and loss.denominator.item() == 3
-    assert_same(loss.value, course_keytoken_weighted_loss(ids, x, key, alpha=0.75), x)
-    assert_same(loss.value, hand_keytoken(x, ids, torch.ones_like(ids), key, 0.75), x)
+    assert isinstance(loss, LossTensor) and loss.denominator.item() == 3
+    assert_same(loss, course_keytoken_weighted_loss(ids, x, key, alpha=0.75), x)
+    assert_same(loss, hand_keytoken(x, ids, torch.ones_like(ids), key, 0.75), x)
 
 
 def test_key_token_loss_excludes_padding_by_attention_mask_or_pad_token_id():
@@ -289,9 +290,9 @@ def test_key_token_loss_excludes_padding_by_attention_mask_or_pad_token_id():
     # a pad position holding a key token must not count
     ids[0, 5] = 3
     expected = hand_keytoken(x, ids, mask, key, 1.5)
-    assert_same(key_token_weighted_loss(x, ids, key, 1.5, attention_mask=mask).value, expected, x)
+    assert_same(key_token_weighted_loss(x, ids, key, 1.5, attention_mask=mask), expected, x)
     padded = torch.where(mask.bool(), ids, pad)
-    assert_same(KeyTokenWeightedLoss(key, alpha=1.5, pad_token_id=pad)(x, padded).value,
+    assert_same(KeyTokenWeightedLoss(key, alpha=1.5, pad_token_id=pad)(x, padded),
                 hand_keytoken(x, padded, mask, key, 1.5), x)
 
 
@@ -301,7 +302,7 @@ def test_key_token_sample_without_targets_counts_in_neither_sum():
     mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])
     out = key_token_weighted_loss(x, ids, [2], attention_mask=mask)
     assert out.denominator.item() == 1
-    assert_same(out.value, hand_keytoken(x, ids, mask, [2], 1.0), x)
+    assert_same(out, hand_keytoken(x, ids, mask, [2], 1.0), x)
     assert out.metrics["mean_sample_weight"].item() == 2.0
 
 
@@ -309,12 +310,12 @@ def test_key_token_gradcheck():
     x = rand(2, 4, 5)
     ids = torch.tensor([[1, 2, 3, 4], [2, 2, 0, 0]])
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
-    assert torch.autograd.gradcheck(lambda x: key_token_weighted_loss(x, ids, [2], 2.0, mask).value, (x,))
+    assert torch.autograd.gradcheck(lambda x: key_token_weighted_loss(x, ids, [2], 2.0, mask), (x,))
 
 
 def test_key_token_uniform_lengths_no_key_tokens_give_f_cross_entropy():
     x = rand(2, 5, 6)
     ids = ints(5, 2, 5)
     flat = (x[:, :-1].reshape(-1, 6), ids[:, 1:].reshape(-1))
-    assert_same(key_token_weighted_loss(x, ids, [5]).value, F.cross_entropy(*flat), x)
+    assert_same(key_token_weighted_loss(x, ids, [5]), F.cross_entropy(*flat), x)
     assert math.isclose(key_token_weighted_loss(x, ids, [5], alpha=3.0).metrics["mean_sample_weight"].item(), 3.0)

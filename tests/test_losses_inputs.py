@@ -78,8 +78,10 @@ def test_bad_settings_are_refused_at_construction():
         WeightedCrossEntropy("mean")
     with pytest.raises(ValueError, match=r"kind must be one of .* got 'grpo'"):
         PolicyGradientLoss("grpo")
-    with pytest.raises(ValueError, match="clip_low <= clip_high"):
-        PolicyGradientLoss("ppo", clip_low=1.2, clip_high=0.8)
+    with pytest.raises(ValueError, match="clip_low_threshold <= clip_high_threshold"):
+        PolicyGradientLoss("ppo", clip_low_threshold=1.2, clip_high_threshold=0.8)
+    with pytest.raises(ValueError, match="clip_low_threshold <= clip_high_threshold"):
+        PolicyGradientLoss("cispo", clip_high_threshold=-1.0)
     with pytest.raises(ValueError, match="clip_ratio must be a positive number or None, got -1"):
         ImportanceSamplingLoss(clip_ratio=-1)
 
@@ -88,21 +90,20 @@ def test_zero_sum_weights_give_zero_loss_zero_gradient_and_say_so():
     x, t = logits(4, 6), torch.tensor([0, 1, IGNORE, 3])
     w = torch.tensor([0.0, 0.0, 5.0, 0.0])  # the only non-zero weight sits on an ignored position
     for out in (weighted_cross_entropy(x, t, w), importance_sampling_loss(x, t, w, torch.full((4,), 2.0))):
-        loss = out.value
-        (g,) = torch.autograd.grad(loss, x)
-        assert loss.item() == 0.0 and torch.all(g == 0) and not torch.isnan(g).any()
+        (g,) = torch.autograd.grad(out, x)
+        assert out.item() == 0.0 and torch.all(g == 0) and not torch.isnan(g).any()
         assert out.metrics["zero_weight_batches"].item() == 1.0 and out.metrics["weight_sum"].item() == 0.0
-    loss, metrics = weighted_cross_entropy(x, t, w, "sum")
-    assert loss.item() == 0.0 and metrics["zero_weight_batches"].item() == 1.0
+    loss = weighted_cross_entropy(x, t, w, "sum")
+    assert loss.item() == 0.0 and loss.metrics["zero_weight_batches"].item() == 1.0
     assert weighted_cross_entropy(x, t, torch.ones(4)).metrics["zero_weight_batches"].item() == 0.0
 
 
 def test_all_ignored_tokens_give_zero_and_no_nan_in_any_loss():
     x, t, z = logits(2, 6), torch.tensor([IGNORE, IGNORE]), torch.zeros(2)
-    losses = [weighted_cross_entropy(x, t, z + 1).value, importance_sampling_loss(x, t, z + 1, z + 1).value,
-              *(policy_gradient_loss(x, t, z, z + 1, kind)[0] for kind in ("importance_sampling", "ppo", "cispo", "dro")),
+    losses = [weighted_cross_entropy(x, t, z + 1), importance_sampling_loss(x, t, z + 1, z + 1),
+              *(policy_gradient_loss(x, t, z, z + 1, kind) for kind in ("importance_sampling", "ppo", "cispo", "dro")),
               key_token_weighted_loss(logits(1, 2, 6), torch.tensor([[1, 2]]), [1],
-                                      attention_mask=torch.tensor([[1, 0]])).value]
+                                      attention_mask=torch.tensor([[1, 0]]))]
     for loss in losses:
         assert loss.item() == 0.0
 
@@ -124,7 +125,7 @@ def test_half_precision_logits_give_float32_logprobs(half):
     xf = x.detach().float().requires_grad_()
     (gf,) = torch.autograd.grad(torch.log_softmax(xf, -1).gather(-1, t[:, None]).sum(), xf)
     assert torch.allclose(g.float(), gf, atol=1e-2, rtol=0)  # only the cast of the gradient to half differs
-    loss = weighted_cross_entropy(x, t, torch.ones(64)).value
+    loss = weighted_cross_entropy(x, t, torch.ones(64))
     assert loss.dtype == torch.float32
 
 
@@ -132,8 +133,8 @@ def test_float64_stays_float64():
     x = logits(3, 5, dtype=torch.float64)
     t = torch.tensor([0, 1, 2])
     assert token_logprobs(x, t).dtype == torch.float64
-    assert weighted_cross_entropy(x, t, torch.ones(3)).value.dtype == torch.float64
-    assert policy_gradient_loss(x, t, torch.zeros(3), torch.ones(3))[0].dtype == torch.float64
+    assert weighted_cross_entropy(x, t, torch.ones(3)).dtype == torch.float64
+    assert policy_gradient_loss(x, t, torch.zeros(3), torch.ones(3)).dtype == torch.float64
 
 
 def test_backward_keeps_no_float32_copy_of_the_logits():

@@ -38,12 +38,12 @@ def token_batches(draw, min_n=1, max_n=12):
 
 def all_losses(logits, targets, weights, iw, q, adv):
     """Every token loss's value on one batch, by name."""
-    out = {"wce": weighted_cross_entropy(logits, targets, weights).value,
-           "wce_sum": weighted_cross_entropy(logits, targets, weights, "sum")[0],
-           "is": importance_sampling_loss(logits, targets, weights, iw).value,
-           "is_clip": importance_sampling_loss(logits, targets, weights, iw, clip_ratio=1.0).value}
+    out = {"wce": weighted_cross_entropy(logits, targets, weights),
+           "wce_sum": weighted_cross_entropy(logits, targets, weights, "sum"),
+           "is": importance_sampling_loss(logits, targets, weights, iw),
+           "is_clip": importance_sampling_loss(logits, targets, weights, iw, clip_ratio=1.0)}
     for kind in KINDS:
-        out[kind] = policy_gradient_loss(logits, targets, q, adv, kind)[0]
+        out[kind] = policy_gradient_loss(logits, targets, q, adv, kind)
     return out
 
 
@@ -51,10 +51,10 @@ def all_losses(logits, targets, weights, iw, q, adv):
 @given(token_batches(), st.floats(1e-3, 1e3))
 def test_scaling_all_weights_leaves_weight_mean_losses_unchanged(batch, scale):
     logits, targets, weights, iw, _, _ = batch
-    assert close(weighted_cross_entropy(logits, targets, weights * scale).value,
-                 weighted_cross_entropy(logits, targets, weights).value)
-    assert close(importance_sampling_loss(logits, targets, weights * scale, iw, 1.5).value,
-                 importance_sampling_loss(logits, targets, weights, iw, 1.5).value)
+    assert close(weighted_cross_entropy(logits, targets, weights * scale),
+                 weighted_cross_entropy(logits, targets, weights))
+    assert close(importance_sampling_loss(logits, targets, weights * scale, iw, 1.5),
+                 importance_sampling_loss(logits, targets, weights, iw, 1.5))
 
 
 @SETTINGS
@@ -84,8 +84,8 @@ def test_permuting_samples_leaves_the_key_token_loss_unchanged(seq, rnd, alpha):
     logits, ids, mask = seq
     perm = list(range(ids.shape[0]))
     rnd.shuffle(perm)
-    a = key_token_weighted_loss(logits, ids, [1, 2], alpha, mask).value
-    b = key_token_weighted_loss(logits[perm], ids[perm], [1, 2], alpha, mask[perm]).value
+    a = key_token_weighted_loss(logits, ids, [1, 2], alpha, mask)
+    b = key_token_weighted_loss(logits[perm], ids[perm], [1, 2], alpha, mask[perm])
     assert close(a, b)
 
 
@@ -97,7 +97,7 @@ def test_key_token_loss_without_key_tokens_is_alpha_times_the_mean_per_sample_lo
     per_sample = [F.cross_entropy(logits[b, :-1][mask[b, 1:].bool()], ids[b, 1:][mask[b, 1:].bool()])
                   for b in range(ids.shape[0])]
     out = key_token_weighted_loss(logits, ids, [V - 1], alpha, mask)
-    assert close(out.value, alpha * torch.stack(per_sample).mean())
+    assert close(out, alpha * torch.stack(per_sample).mean())
     assert abs(out.metrics["mean_sample_weight"].item() - alpha) < 1e-12
 
 
@@ -132,22 +132,22 @@ def test_micro_batch_totals_and_denominators_give_the_whole_batch_gradient(batch
         whole = grad(lambda x: f(x, slice(None)))
         if sum_form:  # a sum-reduced loss: micro-batch losses add up
             split = grad(lambda x: sum(f(x, slice(a, b)) for a, b in pieces))
-        else:  # NormalizedLoss: sum of totals over sum of denominators
-            split = grad(lambda x: sum(f(x, slice(a, b), "total") for a, b in pieces)
-                         / sum(f(x, slice(a, b), "denominator") for a, b in pieces))
+        else:  # a loss with a denominator: sum of totals over sum of denominators
+            split = grad(lambda x: sum(f(x, slice(a, b)).total for a, b in pieces)
+                         / sum(f(x, slice(a, b)).denominator for a, b in pieces))
         return whole, split
 
-    def wce(x, s, part="value"):
-        return getattr(weighted_cross_entropy(x[s], targets[s], weights[s]), part)
+    def wce(x, s):
+        return weighted_cross_entropy(x[s], targets[s], weights[s])
 
-    def is_(x, s, part="value"):
-        return getattr(importance_sampling_loss(x[s], targets[s], weights[s], iw[s], 1.5), part)
+    def is_(x, s):
+        return importance_sampling_loss(x[s], targets[s], weights[s], iw[s], 1.5)
 
     for f in (wce, is_):
         whole, split = whole_and_split(f)
         assert close(whole, split), f.__name__
     for kind in KINDS:
-        whole, split = whole_and_split(lambda x, s: policy_gradient_loss(x[s], targets[s], q[s], adv[s], kind)[0], True)
+        whole, split = whole_and_split(lambda x, s: policy_gradient_loss(x[s], targets[s], q[s], adv[s], kind), True)
         assert close(whole, split), kind
 
 
@@ -157,7 +157,7 @@ def test_key_token_micro_batches_give_the_whole_batch_gradient(seq, data):
     logits, ids, mask = seq
     pieces = split_points(data.draw, ids.shape[0])
     x1, x2 = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    whole = key_token_weighted_loss(x1, ids, [1], 2.0, mask).value
+    whole = key_token_weighted_loss(x1, ids, [1], 2.0, mask)
     parts = [key_token_weighted_loss(x2[a:b], ids[a:b], [1], 2.0, mask[a:b]) for a, b in pieces]
     split = sum(p.total for p in parts) / sum(p.denominator for p in parts)
     assert close(whole, split)

@@ -5,7 +5,7 @@ from torch import nn
 
 from minilearn.losses.logprobs import token_logprobs
 from minilearn.losses.tokens import check_token_values, masked_mean, token_mask, weight_normalized
-from minilearn.normalized_loss import NormalizedLoss
+from minilearn.normalized_loss import LossTensor
 
 __all__ = ["importance_sampling_loss", "ImportanceSamplingLoss"]
 
@@ -17,10 +17,11 @@ def _check_clip_ratio(clip_ratio: float | None) -> None:
 
 def importance_sampling_loss(logits: torch.Tensor, target_tokens: torch.Tensor, weights: torch.Tensor,
                              importance_weights: torch.Tensor, clip_ratio: float | None = None,
-                             ignore_index: int = -100) -> NormalizedLoss:
+                             ignore_index: int = -100) -> LossTensor:
     """`-(sum w_t iw_t lp_t) / (sum w_t)`, with the importance weights `iw_t` clipped to
-    `[-clip_ratio, clip_ratio]` when `clip_ratio` is set; a `NormalizedLoss` (exact under
-    accumulation and several processes).
+    `[-clip_ratio, clip_ratio]` when `clip_ratio` is set; a 0-dim `LossTensor` carrying
+    `total = -(sum w_t iw_t lp_t)` and `denominator = sum w_t` (exact under accumulation and
+    several processes) and the metrics.
 
     Shapes: `logits` `(..., V)`; `target_tokens` `(...)` or `(..., K)`; `weights` and
     `importance_weights` the shape of `target_tokens`, finite. `importance_weights` are data (for
@@ -32,7 +33,7 @@ def importance_sampling_loss(logits: torch.Tensor, target_tokens: torch.Tensor, 
 
     >>> logits = torch.zeros(2, 2)
     >>> out = importance_sampling_loss(logits, torch.tensor([0, 1]), torch.ones(2), torch.tensor([0.5, 4.0]), clip_ratio=2.0)
-    >>> round(out.value.item(), 4), out.metrics["clip_fraction"].item()
+    >>> round(out.item(), 4), out.metrics["clip_fraction"].item()
     (0.8664, 0.5)
     """
     _check_clip_ratio(clip_ratio)
@@ -51,8 +52,8 @@ class ImportanceSamplingLoss(nn.Module):
     `forward(logits, target_tokens, weights, importance_weights)` names the batch inputs it takes.
 
     >>> loss = ImportanceSamplingLoss(clip_ratio=2.0)
-    >>> loss(torch.zeros(2, 2), torch.tensor([0, 1]), torch.ones(2), torch.ones(2)).value
-    tensor(0.6931)
+    >>> loss(torch.zeros(2, 2), torch.tensor([0, 1]), torch.ones(2), torch.ones(2))
+    LossTensor(0.6931)
     """
 
     def __init__(self, clip_ratio: float | None = None, ignore_index: int = -100):
@@ -61,7 +62,7 @@ class ImportanceSamplingLoss(nn.Module):
         self.clip_ratio, self.ignore_index = clip_ratio, ignore_index
 
     def forward(self, logits: torch.Tensor, target_tokens: torch.Tensor, weights: torch.Tensor,
-                importance_weights: torch.Tensor) -> NormalizedLoss:
+                importance_weights: torch.Tensor) -> LossTensor:
         return importance_sampling_loss(logits, target_tokens, weights, importance_weights, self.clip_ratio,
                                         self.ignore_index)
 

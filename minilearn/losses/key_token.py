@@ -8,7 +8,7 @@ from torch import nn
 
 from minilearn.losses.logprobs import _target_logprobs, check_targets, shift_targets
 from minilearn.losses.tokens import masked_mean, masked_sum
-from minilearn.normalized_loss import NormalizedLoss
+from minilearn.normalized_loss import LossTensor, NormalizedLoss
 
 __all__ = ["key_token_weighted_loss", "KeyTokenWeightedLoss"]
 
@@ -25,7 +25,7 @@ def _as_ids(keytoken_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
 def key_token_weighted_loss(logits: torch.Tensor, input_ids: torch.Tensor,
                             keytoken_ids: Sequence[int] | torch.Tensor, alpha: float = 1.0,
                             attention_mask: torch.Tensor | None = None, pad_token_id: int | None = None,
-                            ignore_index: int = -100) -> NormalizedLoss:
+                            ignore_index: int = -100) -> LossTensor:
     """Key-token weighted causal-LM loss.
 
     Position t predicts token t+1 (the logits are not sliced: the last position has no target). For
@@ -34,8 +34,8 @@ def key_token_weighted_loss(logits: torch.Tensor, input_ids: torch.Tensor,
     the mean over samples of `weight_b * loss_b`. With no padding this is exactly the course's
     `keytoken_weighted_loss`, which counts the key tokens over the whole of `input_ids`.
 
-    Returned as `NormalizedLoss(total=sum_b weight_b loss_b, denominator=number of samples)`, so the
-    mean is over all the samples of an accumulated or multi-process step. A sample with no
+    Returned as a 0-dim `LossTensor` carrying `total = sum_b weight_b loss_b` and `denominator =
+    number of samples`, so the mean is over all the samples of an accumulated or multi-process step. A sample with no
     non-padding target (all padding, or a single token) counts in neither.
 
     Shapes: `logits` `(B, T, V)`, `input_ids` `(B, T)` integer. Padding: positions where
@@ -45,7 +45,7 @@ def key_token_weighted_loss(logits: torch.Tensor, input_ids: torch.Tensor,
     >>> logits = torch.zeros(2, 3, 4)                  # every token has probability 1/4
     >>> ids = torch.tensor([[1, 2, 3], [3, 3, 0]])
     >>> out = key_token_weighted_loss(logits, ids, keytoken_ids=[3], alpha=1.0)
-    >>> round(out.value.item(), 4), out.metrics["mean_sample_weight"].item()   # log(4) * (2 + 3) / 2
+    >>> round(out.item(), 4), out.metrics["mean_sample_weight"].item()   # log(4) * (2 + 3) / 2
     (3.4657, 2.5)
     """
     check_targets(logits, input_ids, ignore_index, name="input_ids")
@@ -71,7 +71,7 @@ def key_token_weighted_loss(logits: torch.Tensor, input_ids: torch.Tensor,
     sample_weight = alpha * (1 + n_key.to(lp.dtype))
     counted = n_targets > 0
     return NormalizedLoss(masked_sum(sample_weight * per_sample, counted), counted.sum(),
-                          {"mean_sample_weight": masked_mean(sample_weight, counted)})
+                          {"mean_sample_weight": masked_mean(sample_weight, counted)}).as_tensor()
 
 
 class KeyTokenWeightedLoss(nn.Module):
@@ -82,8 +82,8 @@ class KeyTokenWeightedLoss(nn.Module):
     `pd`); `alpha`: the weight scale; `pad_token_id`: padding to exclude besides `attention_mask`.
 
     >>> loss = KeyTokenWeightedLoss([3], alpha=2.0)
-    >>> loss(torch.zeros(1, 3, 4), torch.tensor([[1, 2, 0]])).value   # no key token: alpha * log(4)
-    tensor(2.7726)
+    >>> loss(torch.zeros(1, 3, 4), torch.tensor([[1, 2, 0]]))   # no key token: alpha * log(4)
+    LossTensor(2.7726)
     """
 
     def __init__(self, keytoken_ids: Sequence[int] | torch.Tensor, alpha: float = 1.0,
@@ -94,7 +94,7 @@ class KeyTokenWeightedLoss(nn.Module):
         self.alpha, self.pad_token_id, self.ignore_index = alpha, pad_token_id, ignore_index
 
     def forward(self, logits: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> NormalizedLoss:
+                attention_mask: torch.Tensor | None = None) -> LossTensor:
         return key_token_weighted_loss(logits, input_ids, self.keytoken_ids, self.alpha, attention_mask,
                                        self.pad_token_id, self.ignore_index)
 

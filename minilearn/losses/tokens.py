@@ -3,7 +3,7 @@ positions that count, and sums over it."""
 
 import torch
 
-from minilearn.normalized_loss import NormalizedLoss
+from minilearn.normalized_loss import LossTensor, NormalizedLoss
 
 __all__ = ["check_token_values", "token_mask", "masked_sum", "masked_mean", "weight_normalized"]
 
@@ -64,19 +64,20 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def weight_normalized(terms: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor,
-                      metrics: dict | None = None) -> NormalizedLoss:
-    """`-(sum terms) / (sum weights)` over the positions in `mask`, as a `NormalizedLoss` (so the step
-    owner can normalise exactly over a whole accumulated, multi-process step).
+                      metrics: dict | None = None) -> LossTensor:
+    """`-(sum terms) / (sum weights)` over the positions in `mask`, as a `LossTensor` carrying the
+    parts `total = -(sum terms)` and `denominator = sum weights` (so the step owner can normalise
+    exactly over a whole accumulated, multi-process step).
 
     `terms` are the weighted log-probabilities (`w_t lp_t`, or `w_t iw_t lp_t`). The metrics get
     `weight_sum` and `zero_weight_batches` (1.0 when the weights sum to zero: the loss is then 0
     with zero gradient, not NaN).
 
     >>> out = weight_normalized(torch.tensor([-1.0, -4.0]), torch.tensor([1.0, 2.0]), torch.tensor([True, True]))
-    >>> out.value, out.metrics["zero_weight_batches"]
-    (tensor(1.6667), tensor(0.))
+    >>> out, out.total, out.metrics["zero_weight_batches"]
+    (LossTensor(1.6667), tensor(5.), tensor(0.))
     """
     denominator = masked_sum(weights, mask).detach()
     return NormalizedLoss(-masked_sum(terms, mask), denominator,
                           {**(metrics or {}), "weight_sum": denominator,
-                           "zero_weight_batches": (denominator == 0).to(denominator.dtype)})
+                           "zero_weight_batches": (denominator == 0).to(denominator.dtype)}).as_tensor()

@@ -7,7 +7,7 @@ from torch import nn
 
 from minilearn.losses.logprobs import token_logprobs
 from minilearn.losses.tokens import check_token_values, token_mask, weight_normalized
-from minilearn.normalized_loss import NormalizedLoss
+from minilearn.normalized_loss import LossTensor
 
 __all__ = ["weighted_cross_entropy", "WeightedCrossEntropy", "Reduction"]
 
@@ -23,13 +23,15 @@ def _check_reduction(reduction: str) -> None:
 
 def weighted_cross_entropy(logits: torch.Tensor, target_tokens: torch.Tensor, weights: torch.Tensor,
                            reduction: Reduction = "weight_mean",
-                           ignore_index: int = -100) -> NormalizedLoss | tuple[torch.Tensor, dict]:
-    """Token cross-entropy weighted per target token.
+                           ignore_index: int = -100) -> LossTensor:
+    """Token cross-entropy weighted per target token, as a 0-dim `LossTensor` (a `torch.Tensor`
+    that also carries `.total`, `.denominator` and `.metrics`).
 
-    - `"weight_mean"` (Weaver `cross_entropy`): `-(sum w_t lp_t) / (sum w_t)`, returned as
-      `NormalizedLoss(total, denominator, metrics)` so that it stays exact under gradient
-      accumulation and several processes; `.value` is the ratio.
-    - `"sum"` (Tinker): `-(sum w_t lp_t)`, returned as `(loss, metrics)`.
+    - `"weight_mean"` (Weaver `cross_entropy`): `-(sum w_t lp_t) / (sum w_t)`, with
+      `total = -(sum w_t lp_t)` and `denominator = sum w_t`, so that it stays exact under gradient
+      accumulation and several processes.
+    - `"sum"` (Tinker): `-(sum w_t lp_t)`; no denominator (`.is_sum`), averaged per micro-batch
+      like any plain scalar.
 
     Shapes: `logits` `(..., V)`; `target_tokens` `(...)`, or `(..., K)` for K candidate tokens a
     position (top-K distillation); `weights` exactly the shape of `target_tokens`, finite. Positions
@@ -38,29 +40,30 @@ def weighted_cross_entropy(logits: torch.Tensor, target_tokens: torch.Tensor, we
 
     >>> logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
     >>> out = weighted_cross_entropy(logits, torch.tensor([0, 1]), torch.tensor([1.0, 3.0]))
-    >>> round(out.value.item(), 4), out.metrics["weight_sum"].item()
-    (0.5516, 4.0)
+    >>> round(out.item(), 4), out.denominator.item(), out.metrics["weight_sum"].item()
+    (0.5516, 4.0, 4.0)
+    >>> out = weighted_cross_entropy(logits, torch.tensor([0, 1]), torch.tensor([1.0, 3.0]), reduction="sum")
+    >>> round(out.item(), 4), out.is_sum
+    (2.2064, True)
     """
     _check_reduction(reduction)
     lp = token_logprobs(logits, target_tokens, ignore_index)
     check_token_values("weights", weights, target_tokens)
     w, mask = weights.to(lp.dtype), token_mask(target_tokens, ignore_index)
     out = weight_normalized(w * lp, w, mask)
-    if reduction == "sum":
-        return out.total, out.metrics
-    return out
+    return LossTensor.of_sum(out.total, out.metrics) if reduction == "sum" else out
 
 
 class WeightedCrossEntropy(nn.Module):
     """`weighted_cross_entropy` as a loss module: `forward(logits, target_tokens, weights)` names the
     batch inputs it takes (see `minilearn.inputs`).
 
-    `reduction="weight_mean"` returns a `NormalizedLoss` (exact under accumulation), `"sum"` returns
-    `(loss, metrics)`.
+    Returns a 0-dim `LossTensor`: `reduction="weight_mean"` carries its total and denominator
+    (exact under accumulation), `"sum"` is a sum.
 
     >>> loss = WeightedCrossEntropy()
-    >>> loss(torch.zeros(3, 4), torch.tensor([0, 1, 2]), torch.ones(3)).value
-    tensor(1.3863)
+    >>> loss(torch.zeros(3, 4), torch.tensor([0, 1, 2]), torch.ones(3))
+    LossTensor(1.3863)
     """
 
     def __init__(self, reduction: Reduction = "weight_mean", ignore_index: int = -100):
@@ -69,7 +72,7 @@ class WeightedCrossEntropy(nn.Module):
         self.reduction, self.ignore_index = reduction, ignore_index
 
     def forward(self, logits: torch.Tensor, target_tokens: torch.Tensor,
-                weights: torch.Tensor) -> NormalizedLoss | tuple[torch.Tensor, dict]:
+                weights: torch.Tensor) -> LossTensor:
         return weighted_cross_entropy(logits, target_tokens, weights, self.reduction, self.ignore_index)
 
     def extra_repr(self) -> str:

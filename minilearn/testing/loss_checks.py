@@ -17,6 +17,7 @@ from minilearn.data import DataLoaders
 from minilearn.exceptions import LossOutputError, MissingInputError
 from minilearn.inputs import Signature, callable_name, loss_call, signature_of, split_loss_output
 from minilearn.learner import Learner
+from minilearn.normalized_loss import LossTensor, NormalizedLoss
 from minilearn.testing.report import CheckReport
 
 __all__ = ["check_loss", "sample_preds", "LOSS_CHECKS"]
@@ -205,7 +206,8 @@ def check_loss(loss: Callable, batch: Any, preds: torch.Tensor | None = None, re
     on a sample `batch` and report each check with pass/fail and a one-line explanation:
 
     - `inputs`: the inputs it names resolve from the batch (and which argument gets what);
-    - `scalar`: it runs and returns a finite scalar tensor, `(scalar, metrics)` or a `NormalizedLoss`;
+    - `scalar`: it runs and returns a finite scalar tensor, `(scalar, metrics)`, a `NormalizedLoss` or
+      a `LossTensor`;
     - `differentiable`: the value has a finite, not everywhere zero gradient with respect to `preds`;
     - `gradcheck`: in float64 that gradient matches finite differences (`torch.autograd.gradcheck`);
     - `reference`: it equals `reference` (a loss or a formula called the same way) in value and gradient;
@@ -266,7 +268,9 @@ def check_loss(loss: Callable, batch: Any, preds: torch.Tensor | None = None, re
     if bad:
         return report.add("scalar", False, f"the metric {bad[0]!r} is a {_shape(metrics[bad[0]])}; metrics must be "
                                            f"numbers or one-element tensors")
-    form = ("NormalizedLoss(total, denominator)" if parts is not None else
+    form = ("NormalizedLoss(total, denominator)" if isinstance(out, NormalizedLoss) else
+            "a LossTensor with total and denominator" if parts is not None else
+            f"a LossTensor sum with metrics {sorted(metrics)}" if isinstance(out, LossTensor) else
             f"(scalar, metrics {sorted(metrics)})" if isinstance(out, tuple) else "a scalar")
     report.add("scalar", True, f"returns {form}: {value.item():.6g}")
 

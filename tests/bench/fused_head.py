@@ -40,8 +40,8 @@ targets = torch.randint(0, v, (n,), device=device)
 weights = torch.rand(n, device=device)
 sampler_logprobs = -math.log(v) + 0.3 * torch.randn(n, device=device)  # near the model's: ratios near 1
 advantages = torch.randn(n, device=device)
-loss = {"weighted_ce": lambda logits: WeightedCrossEntropy()(logits, targets, weights).value,
-        "ppo": lambda logits: PolicyGradientLoss("ppo")(logits, targets, sampler_logprobs, advantages)[0]}[loss_name]
+loss = {"weighted_ce": lambda logits: WeightedCrossEntropy()(logits, targets, weights),
+        "ppo": lambda logits: PolicyGradientLoss("ppo")(logits, targets, sampler_logprobs, advantages)}[loss_name]
 
 
 def forward():

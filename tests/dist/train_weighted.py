@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from minilearn import DataLoaders, Learner, NormalizedLoss
 from minilearn.callbacks import AccelerateCB, AccelerateCustomCB
+from minilearn.losses import WeightedCrossEntropy
 
 
 def dataset(n=64, seed=0):
@@ -50,7 +51,8 @@ def model(seed=1):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("out")
-    p.add_argument("--loss", choices=["weighted", "micro_batch_mean", "plain"], default="weighted")
+    p.add_argument("--loss", choices=["weighted", "plugin", "micro_batch_mean", "plain"], default="weighted",
+                   help="plugin: minilearn.losses.WeightedCrossEntropy, the same loss as weighted")
     p.add_argument("--gas", type=int, default=1)
     p.add_argument("--bs", type=int, default=8, help="micro-batch size per process")
     p.add_argument("--epochs", type=int, default=2)
@@ -59,7 +61,8 @@ def main():
 
     m = model()
     dls = DataLoaders(DataLoader(dataset(), batch_size=args.bs), DataLoader(dataset(seed=5), batch_size=args.bs))
-    loss = {"weighted": WeightedCE(), "micro_batch_mean": micro_batch_mean, "plain": plain_ce}[args.loss]
+    loss = {"weighted": WeightedCE(), "plugin": WeightedCrossEntropy(), "micro_batch_mean": micro_batch_mean,
+            "plain": plain_ce}[args.loss]
     if args.custom:
         learn = Learner(m, dls, lr=0.5, cbs=AccelerateCustomCB(loss, gradient_accumulation_steps=args.gas))
     else:
