@@ -1,7 +1,9 @@
 """ProgressCB: progress bars, the epoch table and (in a notebook) a live loss plot, via fastprogress."""
 
+import sys
 import time
 
+from fastprogress.core import IN_NOTEBOOK
 from fastprogress.fastprogress import master_bar, progress_bar
 
 from minilearn.callback import Callback
@@ -13,8 +15,12 @@ class ProgressCB(Callback):
     """Show a bar over epochs, a bar over the batches of each epoch, and a table with one row per
     epoch phase (the row MetricsCB leaves on `learn.epoch_metrics`, plus the time taken).
 
+    Bars are drawn in a notebook and in a terminal. When the output is neither (piped to a log
+    file, in CI) only the table is printed, one line per epoch phase: a bar redraws itself with
+    `\\r`, which a file would keep as thousands of lines.
+
     With `plot=True` it also draws the training loss per batch and the validation loss per epoch,
-    live, in a notebook (in a terminal fastprogress has nowhere to draw, and skips it).
+    live, in a notebook (elsewhere there is nowhere to draw it).
     """
 
     order = 50
@@ -26,8 +32,13 @@ class ProgressCB(Callback):
         self.active = learn.is_main_process  # under several processes, only the main one shows progress
         if not self.active:
             return
-        learn.epochs = self.mbar = master_bar(learn.epochs)
+        # Asked at each fit, so that a notebook or a redirected stdout is seen as it is now.
+        self.bars = IN_NOTEBOOK or sys.stdout.isatty()
+        self.mbar = None
+        if self.bars:
+            learn.epochs = self.mbar = master_bar(learn.epochs)
         self.columns: list[str] | None = None
+        self.widths: list[int] = []
         self.train_losses: list[float] = []
         self.valid_losses: list[tuple[int, float]] = []
 
@@ -36,13 +47,13 @@ class ProgressCB(Callback):
             return
         self.start, self.last_comment = time.monotonic(), 0.0
         self.pbar = None
-        if hasattr(learn.dl, "__len__"):  # fastprogress needs a length; a bare iterator runs without a bar
+        if self.bars and hasattr(learn.dl, "__len__"):  # fastprogress needs a length; an iterator runs barless
             learn.dl = self.pbar = progress_bar(learn.dl, leave=False, parent=self.mbar)
 
     def after_batch(self, learn):
         if not self.active or not learn.training or learn.loss is None:
             return
-        if self.plot:
+        if self.plot and IN_NOTEBOOK:
             self.train_losses.append(learn.loss.item())
         now = time.monotonic()
         # Reading the loss waits for the GPU, so refresh the comment only as often as the bar redraws.
@@ -53,19 +64,42 @@ class ProgressCB(Callback):
     def after_epoch(self, learn):
         if not self.active:
             return
-        row = dict(learn.epoch_metrics or {"epoch": learn.epoch,
-                                                            "phase": "train" if learn.training else "valid"})
+        row = dict(learn.epoch_metrics or {"epoch": learn.epoch, "phase": "train" if learn.training else "valid"})
         row["time"] = time.strftime("%M:%S", time.gmtime(time.monotonic() - self.start))
         if self.columns is None:
             self.columns = list(row)
-            self.mbar.write(self.columns, table=True)
-        self.mbar.write([_fmt(row.get(c, "")) for c in self.columns], table=True)
-        if self.plot and not learn.training and "loss" in row:
-            self.valid_losses.append((len(self.train_losses), row["loss"]))
-            graphs = [[range(len(self.train_losses)), self.train_losses]]
-            if self.valid_losses:
-                graphs.append([[i for i, _ in self.valid_losses], [v for _, v in self.valid_losses]])
-            self.mbar.update_graph(graphs)
+            self._write(self.columns)
+        self._write([_fmt(row.get(c, "")) for c in self.columns])
+        if self.plot and IN_NOTEBOOK and not learn.training and "loss" in row:
+            self._draw_plot(row["loss"])
+
+    def _draw_plot(self, valid_loss: float) -> None:
+        self.valid_losses.append((len(self.train_losses), valid_loss))
+        self.mbar.names = ["train loss (per batch)", "valid loss (per epoch)"]  # the legend
+        self.mbar.update_graph([[range(len(self.train_losses)), self.train_losses],
+                                [[i for i, _ in self.valid_losses], [v for _, v in self.valid_losses]]])
+        ax = self.mbar.graph_ax  # fastprogress leaves the axes unlabelled and pins its legend top right
+        ax.set(xlabel="training batches seen", ylabel="loss")
+        ax.legend(loc="best")
+        self.mbar.graph_out.update(ax.figure)
+
+    def cleanup_epoch(self, learn):
+        # A pass that stopped early (lr_find, CancelEpochException, an error) leaves its bar half drawn
+        # and, in a terminal, the cursor at the end of it: end that line, so the next print starts on
+        # a new one (fastprogress only does this for a bar that reaches its end).
+        if self.active and self.pbar is not None and self.pbar.last_v is not None:
+            if IN_NOTEBOOK:
+                self.pbar.on_iter_end()
+            else:
+                print(flush=True)
+
+    def _write(self, cells: list[str]) -> None:
+        if self.mbar is not None:
+            self.mbar.write(cells, table=True)
+            return
+        if not self.widths:  # the header row sets the column widths
+            self.widths = [max(len(c), 8) for c in cells]
+        print("  ".join(c.ljust(w) for c, w in zip(cells, self.widths)).rstrip(), flush=True)
 
 
 def _fmt(v) -> str:

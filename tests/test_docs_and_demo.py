@@ -9,6 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from minilearn import DataLoaders, Learner
+from minilearn.__main__ import build_parser
+from minilearn.demo import NextTokenScoreCB, key_token_accuracy, lm_batch
+from minilearn.losses import KeyTokenWeightedLoss
+from minilearn.models import TinyCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ["minilearn.corpus", "minilearn.models", "minilearn.fused_head", "minilearn.normalized_loss", "minilearn.callback", "minilearn.data", "minilearn.inputs", "minilearn.learner", "minilearn.train",
@@ -16,7 +25,8 @@ MODULES = ["minilearn.corpus", "minilearn.models", "minilearn.fused_head", "mini
            "minilearn.custom_loss", "minilearn.sequence_logprobs", "minilearn.distributed", "minilearn.callbacks.logprob_loss",
            "minilearn.testing", "minilearn.testing.report", "minilearn.testing.tiny", "minilearn.testing.loss_checks",
            "minilearn.testing.callback_checks", "minilearn.checkpoint",
-           "minilearn.random_state", "minilearn.callbacks.monitor", "minilearn.callbacks.save_model"]
+           "minilearn.random_state", "minilearn.callbacks.monitor", "minilearn.callbacks.save_model",
+           "minilearn.demo"]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -30,7 +40,14 @@ def test_readme_example_runs():
     text = (ROOT / "README.md").read_text()
     example = re.search(r"<!-- example -->\s*```python\n(.*?)```", text, re.S).group(1)
     assert 10 <= len(example.strip().splitlines()) <= 20
-    exec(compile(example, "README example", "exec"), {})
+    scope = {}
+    exec(compile(example, "README example", "exec"), scope)
+    # It is seeded and prints what its last comment shows (to within a few of the 400 validation
+    # samples, should another CPU round differently).
+    shown = re.search(r"'loss': ([\d.]+)\.\.\., 'accuracy': ([\d.]+)", example)
+    row = scope["learn"].epoch_metrics
+    assert row["accuracy"] == pytest.approx(float(shown.group(2)), abs=0.0125) and row["accuracy"] > 0.95
+    assert row["loss"] == pytest.approx(float(shown.group(1)), abs=0.01)
 
 
 def test_readme_shows_the_test_command_that_ci_runs():
@@ -51,9 +68,39 @@ def test_demo_runs_writes_the_plot_and_prints_the_table(tmp_path):
     assert re.search(r"key-token accuracy: plain cross-entropy [\d.]+, key-token weighted [\d.]+", out.stdout)
 
 
-def test_demo_help_lists_its_options():
+def test_demo_help_shows_every_option_with_its_default():
     out = subprocess.run([sys.executable, "-m", "minilearn", "demo", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and all(o in out.stdout for o in ("--epochs", "--chars", "--alpha", "--out"))
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split()).replace("- ", "-")  # undo argparse's line wrapping
+    demo = next(a for a in build_parser()._actions if a.dest == "command").choices["demo"]
+    options = [a for a in demo._actions if a.dest != "help"]
+    assert {o.dest for o in options} >= {"epochs", "chars", "alpha", "lr", "out", "seed"}
+    for o in options:
+        assert f"{o.option_strings[0]} {o.metavar or o.dest.upper()}" in text
+        assert f"(default: {o.default})" in text, (o.dest, o.default)
+
+
+def test_demo_scores_both_runs_on_plain_validation_loss_and_key_token_accuracy():
+    torch.manual_seed(0)
+    rows = torch.randint(0, 12, (10, 9))
+    valid = DataLoader(rows, batch_size=4, collate_fn=lm_batch)  # batches of 4, 4 and 2 rows
+    model = TinyCausalLM(12, dim=16, n_layers=1, n_heads=2, max_len=9)
+    score, key_ids = NextTokenScoreCB([3, 5]), [3, 5]
+    learn = Learner(model, DataLoaders(valid, valid), KeyTokenWeightedLoss(key_ids, alpha=3.0), lr=0.01,
+                    cbs=[score])
+    learn.fit(2)
+    assert [r["epoch"] for r in score.history] == [0, 1]
+    with torch.no_grad():
+        logits = model(rows, torch.ones_like(rows)).double()
+    target = rows[:, 1:]
+    plain = F.cross_entropy(logits[:, :-1].flatten(0, 1), target.flatten()).item()
+    is_key = (target == 3) | (target == 5)
+    acc = (logits[:, :-1].argmax(-1) == target)[is_key].double().mean().item()
+    last = score.history[-1]
+    assert last["plain_valid_loss"] == pytest.approx(plain, rel=1e-6)
+    assert last["key_token_accuracy"] == pytest.approx(acc, abs=1e-12)
+    assert last["key_tokens"] == is_key.sum().item() > 0
+    assert key_token_accuracy(model, valid, key_ids) == (pytest.approx(acc, abs=1e-12), last["key_tokens"])
 
 
 def test_readme_fault_table_cites_tests_that_exist():

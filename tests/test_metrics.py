@@ -86,7 +86,7 @@ def test_recorder_records_lr_and_loss_of_each_training_batch_and_plots():
     rec.plot_lr()
 
 
-def test_progress_in_a_terminal_prints_the_table(capsys):
+def test_progress_prints_the_table(capsys):
     batches = uneven_batches([4] * 5)
     learn = Learner(nn.Linear(3, 1), DataLoaders(batches, batches[:2]), F.mse_loss,
                     cbs=[MetricsCB(mae=mae), ProgressCB(plot=True)])
