@@ -4,13 +4,15 @@ One CPU, one GPU or several processes (`torchrun`, `accelerate launch`, `noteboo
 mixed precision and gradient accumulation, and a custom `nn.Module` loss computed in float32.
 """
 
+import atexit
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
+from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import DistributedType
 from torch.utils.data import DataLoader
 
@@ -21,6 +23,15 @@ from minilearn.inputs import loss_call, signature_of, store_loss
 from minilearn.losses.linear_logprobs import LinearLogits
 
 __all__ = ["AccelerateCB", "AccelerateCustomCB", "float32_outputs"]
+
+
+@functools.cache  # once per process
+def _shut_down_process_group_at_exit() -> None:
+    # A process group still alive when the interpreter exits is torn down with its gloo threads
+    # running, which aborts the process now and then ("terminate called without an active
+    # exception", SIGABRT) and fails the launch. Accelerate's `end_training` would shut it down, but
+    # it cannot be called at the end of a fit: the next fit needs the group.
+    atexit.register(PartialState().destroy_process_group)
 
 
 class AccelerateCB(Callback):
@@ -70,6 +81,8 @@ class AccelerateCB(Callback):
                 f"the launcher started WORLD_SIZE={world_size} processes but Accelerate sees "
                 f"num_processes={self.acc.num_processes}: each process would train on all the data. "
                 f"On a machine without a GPU pass cpu=True (AccelerateCB(cpu=True)); check the launch config.")
+        if self.acc.num_processes > 1:
+            _shut_down_process_group_at_exit()
         self.max_grad_norm = max_grad_norm
         # Without a loss scaler, DeepSpeed, Megatron or XLA, Accelerate's optimizer wrapper and
         # `backward` only do what `step` and `backward` below do, plus bookkeeping that looks up
