@@ -7,6 +7,7 @@ mixed precision and gradient accumulation, and a custom `nn.Module` loss compute
 import atexit
 import functools
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,13 +26,26 @@ from minilearn.losses.linear_logprobs import LinearLogits
 __all__ = ["AccelerateCB", "AccelerateCustomCB", "float32_outputs"]
 
 
+# How long, at exit, the process group's worker threads get to finish releasing their last collective.
+_EXIT_GRACE_SECONDS = 0.25
+
+
 @functools.cache  # once per process
 def _shut_down_process_group_at_exit() -> None:
-    # A process group still alive when the interpreter exits is torn down with its gloo threads
-    # running, which aborts the process now and then ("terminate called without an active
-    # exception", SIGABRT) and fails the launch. Accelerate's `end_training` would shut it down, but
-    # it cannot be called at the end of a fit: the next fit needs the group.
-    atexit.register(PartialState().destroy_process_group)
+    atexit.register(_shut_down_process_group)
+
+
+def _shut_down_process_group() -> None:
+    # A gloo collective's tensors are released by one of the process group's worker threads after
+    # the collective has completed, and releasing a tensor that Python knows takes the GIL. A worker
+    # that gets there only once the interpreter has begun to finalize is stopped by Python inside a
+    # C++ destructor, which aborts the process ("terminate called without an active exception",
+    # SIGABRT) at the very end of a run that went well. Under load a worker can wait that long for
+    # the CPU and the GIL after the last validation gather. So, while Python still runs threads:
+    # sleep (which hands the GIL over) to let them finish, then shut the group down as Accelerate's
+    # `end_training` does. (That cannot be done at the end of a fit: the next fit needs the group.)
+    time.sleep(_EXIT_GRACE_SECONDS)
+    PartialState().destroy_process_group()
 
 
 class AccelerateCB(Callback):

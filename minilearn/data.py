@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["DataLoaders", "to_device", "batch_size", "default_device", "describe"]
+__all__ = ["DataLoaders", "to_device", "is_mapping", "batch_size", "default_device", "describe"]
 
 
 def default_device() -> torch.device:
@@ -62,11 +62,21 @@ def to_device(x: Any, device: torch.device | str, non_blocking: bool = False) ->
     return x
 
 
+def is_mapping(batch: Any) -> bool:
+    """Whether a batch is a mapping of names to values (a dict, a Hugging Face `BatchEncoding`)
+    rather than a tuple or list `(x, y, ...)`.
+
+    >>> is_mapping({"input_ids": torch.zeros(2, 3)}), is_mapping([torch.zeros(2, 3), torch.zeros(2)])
+    (True, False)
+    """
+    # The tuple check first: it is the common case, and isinstance against an ABC costs a Python call.
+    return not isinstance(batch, (tuple, list)) and isinstance(batch, Mapping)
+
+
 def batch_size(batch: Any) -> int:
     """The number of samples in a batch: the length of its first tensor (first item of a tuple,
     first tensor value of a mapping)."""
-    # The tuple check first: it is the common case, and isinstance against an ABC is slower.
-    items = batch if isinstance(batch, (tuple, list)) else batch.values() if isinstance(batch, Mapping) else batch
+    items = batch.values() if is_mapping(batch) else batch
     for v in items:
         if isinstance(v, torch.Tensor):
             return v.shape[0] if v.ndim else 1

@@ -1,6 +1,6 @@
 """The names of the loop's events and steps: the whole vocabulary a callback can speak."""
 
-__all__ = ["EVENTS", "STEPS", "LOOP_STATE"]
+__all__ = ["EVENTS", "STEPS", "VALID_BATCH", "TRAIN_BATCH", "LOOP_STATE"]
 
 # Every callback that defines one of these runs, in `order`. `cleanup_*` always runs (it is called
 # from a `finally`), so it is where a callback undoes what its `before_*` did.
@@ -13,6 +13,11 @@ EVENTS: tuple[str, ...] = (
 
 # Exactly one callback runs each of these: the one with the highest `order` that defines it.
 STEPS: tuple[str, ...] = ("predict", "get_loss", "backward", "step", "zero_grad")
+
+# What one batch runs, in order, between before_batch and after_batch: each step, then the event
+# that follows it. A validation batch stops after the loss.
+VALID_BATCH: tuple[str, ...] = ("predict", "after_predict", "get_loss", "after_loss")
+TRAIN_BATCH: tuple[str, ...] = VALID_BATCH + ("backward", "after_backward", "step", "after_step", "zero_grad")
 
 # The Learner's attributes that the loop itself sets as it runs (a callback may read them, and
 # replace `batch`, `preds`, `loss`, `dl` or `epochs` for the batch or fit at hand). Everything else on

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from minilearn.data import is_mapping
 from minilearn.exceptions import LossOutputError, MissingInputError
 from minilearn.normalized_loss import LossTensor, NormalizedLoss
 
@@ -68,7 +69,7 @@ def _keys(batch: Mapping) -> list[str]:
 def model_call(model: Callable, batch: Any, n_inp: int, names: tuple[str, ...]) -> Any:
     """Call `model` on the inputs of `batch`: `batch[:n_inp]` of a tuple, or, as keyword arguments,
     the keys of a mapping that are in `names`."""
-    if isinstance(batch, Mapping):
+    if is_mapping(batch):
         kwargs = {k: batch[k] for k in names if k in batch}
         if not kwargs:
             raise MissingInputError(
@@ -103,7 +104,7 @@ def loss_call(f: Callable, output: Any, batch: Any, n_inp: int, sig: Signature |
     """
     sig = sig or signature_of(f)
     preds = select_output(output, sig.first)
-    if isinstance(batch, Mapping):
+    if is_mapping(batch):
         missing = [k for k in sig.required if k not in batch]
         if missing:
             raise MissingInputError(

@@ -16,7 +16,7 @@ from minilearn.callback import Callback, warn_misspelt_events
 from minilearn.custom_loss import CustomLossResult, LogprobLossFn, forward_backward_custom
 from minilearn.checkpoint import check_weights, read_checkpoint, save_checkpoint
 from minilearn.data import describe
-from minilearn.events import EVENTS, STEPS
+from minilearn.events import EVENTS, STEPS, TRAIN_BATCH, VALID_BATCH
 from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException, CheckpointError,
                                   UnknownEventError)
 from minilearn.lr_finder import LRFinderCB
@@ -105,26 +105,19 @@ class Learner:
     def _build_dispatch(self) -> None:
         # Done once per change of the callback list, so a batch never searches for its handlers.
         ordered = sorted(self.cbs, key=lambda cb: cb.order)  # stable: ties keep the order of adding
-        self._handlers = {e: [getattr(cb, e) for cb in ordered if callable(getattr(cb, e, None))] for e in EVENTS}
         self._owners: dict[str, Callback | None] = {s: None for s in STEPS}
         for cb in ordered:  # later (higher order) callbacks overwrite earlier ones
             for s in STEPS:
                 if callable(getattr(cb, s, None)):
                     self._owners[s] = cb
-        self._steps = {s: self._noted_step(s, cb) for s, cb in self._owners.items()}
-
-    def _noted_step(self, step: str, cb: Callback | None) -> Callable:
-        run = getattr(cb, step) if cb else _no_owner(step)
-
-        def noted(learn):
-            try:
-                run(learn)
-            except _CANCELS:
-                raise
-            except Exception as exc:
-                learn._add_note(exc, f"the step {step} (owned by {cb.name if cb else 'no callback'})", step)
-                raise
-        return noted
+        # What each event or step runs, as (name, handler, callback) triples; a step runs like an event
+        # with one handler, its owner's method. A batch runs its names' triples end to end, so an event
+        # nobody listens to adds nothing to it.
+        self._plans = {e: tuple((e, getattr(cb, e), cb) for cb in ordered if callable(getattr(cb, e, None)))
+                       for e in EVENTS}
+        self._plans.update({s: ((s, getattr(cb, s) if cb else _no_owner(s), cb),) for s, cb in self._owners.items()})
+        self._batch_plans = {training: sum((self._plans[n] for n in (TRAIN_BATCH if training else VALID_BATCH)), ())
+                             for training in (True, False)}
 
     @property
     def step_owners(self) -> dict[str, Callback | None]:
@@ -132,22 +125,26 @@ class Learner:
         return dict(self._owners)
 
     def callback(self, event: str) -> None:
-        """Run the `event` method of every callback that has one, in `order`.
+        """Run the `event` method of every callback that has one, in `order` (for a step, the method
+        of the callback that owns it).
 
         An exception raised by one (other than the Cancel* ones) keeps its type and gets a note naming
         the callback, the event, and where in the fit it happened."""
         try:
-            handlers = self._handlers[event]
+            plan = self._plans[event]
         except KeyError:
             raise UnknownEventError(f"unknown event {event!r}; the events are {EVENTS}") from None
+        self._run(plan)
+
+    def _run(self, plan: tuple[tuple[str, Callable, Callback | None], ...]) -> None:
         try:  # costs nothing until something raises (Python 3.11)
-            for handler in handlers:
+            for name, handler, cb in plan:
                 handler(self)
         except _CANCELS:
             raise
         except Exception as exc:
-            owner = next((cb.name for cb in self.cbs if getattr(cb, event, None) == handler), repr(handler))
-            self._add_note(exc, f"callback {owner}", event)
+            owner = cb.name if cb else "no callback"
+            self._add_note(exc, f"the step {name} (owned by {owner})" if name in STEPS else f"callback {owner}", name)
             raise
 
     def _add_note(self, exc: Exception, who: str, event: str) -> None:
@@ -166,17 +163,17 @@ class Learner:
         for s, cb in self._owners.items():
             print(f"{s:<11} {f'{cb.name} (order {cb.order})' if cb else '(none)'}")
         print("\nevent           callbacks (in order)")
-        for e, hs in self._handlers.items():
-            if hs:
-                print(f"{e:<15} {', '.join(f'{h.__self__.name}({h.__self__.order})' for h in hs)}")
+        for e in EVENTS:
+            if plan := self._plans[e]:
+                print(f"{e:<15} {', '.join(f'{cb.name}({cb.order})' for _, _, cb in plan)}")
 
     # ---- the five steps: each runs in the one callback that owns it -----------------------------
 
-    def predict(self) -> None: self._steps["predict"](self)
-    def get_loss(self) -> None: self._steps["get_loss"](self)
-    def backward(self) -> None: self._steps["backward"](self)
-    def step(self) -> None: self._steps["step"](self)
-    def zero_grad(self) -> None: self._steps["zero_grad"](self)
+    def predict(self) -> None: self.callback("predict")
+    def get_loss(self) -> None: self.callback("get_loss")
+    def backward(self) -> None: self.callback("backward")
+    def step(self) -> None: self.callback("step")
+    def zero_grad(self) -> None: self.callback("zero_grad")
 
     # ---- losses over log-probabilities, a batch at a time (Tinker style) ----------------------
 
@@ -203,23 +200,20 @@ class Learner:
         before, after, cleanup = _PHASE_EVENTS[name]  # built once: this runs for every batch
         try:
             try:
-                self.callback(before)
+                self._run(self._plans[before])
                 body()
             except cancel:
                 pass
-            self.callback(after)
+            self._run(self._plans[after])
         except cancel:
             pass
         finally:
-            self.callback(cleanup)
+            self._run(self._plans[cleanup])
 
     def _one_batch(self) -> None:
-        self.predict(); self.callback("after_predict")
-        self.get_loss(); self.callback("after_loss")
-        if self.training:
-            self.backward(); self.callback("after_backward")
-            self.step(); self.callback("after_step")
-            self.zero_grad()
+        # predict, after_predict, get_loss, after_loss, and when training backward, after_backward,
+        # step, after_step, zero_grad (minilearn.events.TRAIN_BATCH)
+        self._run(self._batch_plans[self.training])
 
     def _one_epoch(self) -> None:
         # A training pass goes through `position`, so that a checkpoint can resume it in the middle.

@@ -2,7 +2,7 @@
 speaks the loop's language, which steps it takes over, and whether it leaves the loop as it found it."""
 
 import inspect
-import traceback
+import re
 import warnings
 from itertools import islice
 from typing import Any
@@ -12,7 +12,6 @@ import torch
 from minilearn.callback import Callback, MisspeltEventWarning, misspelt_events
 from minilearn.data import DataLoaders
 from minilearn.events import EVENTS, STEPS
-from minilearn.inputs import callable_name
 from minilearn.learner import Learner
 from minilearn.testing.fingerprint import learner_fingerprint, left_behind
 from minilearn.testing.report import CheckReport
@@ -106,22 +105,20 @@ class _LoopObserver(Callback):
     def after_batch(self, learn): self._look(learn, "after_batch")
 
 
+# The note the Learner adds to an exception raised in the loop (see Learner._run).
+_LOOP_NOTE = re.compile(r"minilearn: raised by (?:callback (?P<cb>\S+)|the step \w+ \(owned by (?P<owner>[^)]+)\)) "
+                        r"at (?P<event>\w+)")
+
+
 def _origin(exc: BaseException, learn: Learner) -> str:
-    """Where in the loop `exc` came from: the event or step the Learner was running, and the callback
-    method it was calling then, read from the traceback."""
+    """Where in the loop `exc` came from: the event or step the Learner was running and the callback
+    method it was calling then, read from the note the Learner adds to the exception."""
     event = method = None
-    for frame, _ in traceback.walk_tb(exc.__traceback__):  # outermost first: the last match is the innermost
-        if frame.f_locals.get("self") is not learn:
-            continue
-        name = frame.f_code.co_name
-        if name == "callback":
-            event = frame.f_locals.get("event")
-            owner = getattr(frame.f_locals.get("handler"), "__self__", None)
-        elif name in STEPS:
-            event, owner = name, learn.step_owners.get(name)
-        else:
-            continue
-        method = f"{owner.name}.{event}" if isinstance(owner, Callback) else None
+    for note in getattr(exc, "__notes__", ()):  # the first is the innermost: a fit run inside a callback adds more
+        if found := _LOOP_NOTE.match(note):
+            event, owner = found["event"], found["cb"] or found["owner"]
+            method = None if owner == "no callback" else f"{owner}.{event}"
+            break
     where = f"during {event}" if event else "in fit"
     if event in _BATCH_PHASE:
         where += f" of {'training' if learn.training else 'validation'} batch {learn.iter}"

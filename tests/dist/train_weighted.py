@@ -5,6 +5,7 @@ Usage: torchrun --standalone --nproc_per_node 2 train_weighted.py OUT --loss wei
 """
 
 import argparse
+import atexit
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +58,11 @@ def main():
     p.add_argument("--bs", type=int, default=8, help="micro-batch size per process")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--custom", action="store_true", help="use AccelerateCustomCB to own the loss")
+    p.add_argument("--report-exit", action="store_true",
+                   help="print, at the very end of the interpreter's exit handlers, whether a process group is left")
     args = p.parse_args()
+    if args.report_exit:  # registered before AccelerateCB registers its own, so it runs after it
+        atexit.register(lambda: print(f"process group left at exit: {torch.distributed.is_initialized()}", flush=True))
 
     m = model()
     dls = DataLoaders(DataLoader(dataset(), batch_size=args.bs), DataLoader(dataset(seed=5), batch_size=args.bs))
