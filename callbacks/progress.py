@@ -34,6 +34,7 @@ class ProgressCB(Callback):
             return
         # Asked at each fit, so that a notebook or a redirected stdout is seen as it is now.
         self.bars = IN_NOTEBOOK or sys.stdout.isatty()
+        self.live_plot = self.plot and IN_NOTEBOOK  # a terminal or a file has nowhere to draw it
         self.mbar = None
         if self.bars:
             learn.epochs = self.mbar = master_bar(learn.epochs)
@@ -53,7 +54,7 @@ class ProgressCB(Callback):
     def after_batch(self, learn):
         if not self.active or not learn.training or learn.loss is None:
             return
-        if self.plot and IN_NOTEBOOK:
+        if self.live_plot:
             self.train_losses.append(learn.loss.item())
         now = time.monotonic()
         # Reading the loss waits for the GPU, so refresh the comment only as often as the bar redraws.
@@ -70,7 +71,7 @@ class ProgressCB(Callback):
             self.columns = list(row)
             self._write(self.columns)
         self._write([_fmt(row.get(c, "")) for c in self.columns])
-        if self.plot and IN_NOTEBOOK and not learn.training and "loss" in row:
+        if self.live_plot and not learn.training and "loss" in row:
             self._draw_plot(row["loss"])
 
     def _draw_plot(self, valid_loss: float) -> None:

@@ -113,14 +113,14 @@ def run_demo(epochs: int = 2, max_chars: int = 1_000_000, vocab_size: int = 2048
         print(f"{name}: key-token next-token accuracy {last['key_token_accuracy']:.3f} over {last['key_tokens']} "
               f"validation key tokens, plain validation loss {last['plain_valid_loss']:.4f} "
               f"({time.monotonic() - start:.0f} s)")
-    plot_scores(scores, out)
+    plot_scores(scores, [tok.itos[i] for i in key_ids], out)
     print(f"\nplot written to {Path(out).resolve()}")
     return results
 
 
-def plot_scores(scores: dict[str, list[dict]], out: str) -> None:
+def plot_scores(scores: dict[str, list[dict]], key_tokens: list[str], out: str) -> None:
     """Save the two runs' `NextTokenScoreCB` histories side by side: plain validation loss and
-    key-token accuracy per epoch."""
+    accuracy on `key_tokens` per epoch."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -128,7 +128,8 @@ def plot_scores(scores: dict[str, list[dict]], out: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for ax, key, title, label in zip(axes, ("plain_valid_loss", "key_token_accuracy"),
                                      ("plain validation loss", "key-token accuracy"),
-                                     ("unweighted cross-entropy (nats per token)", "next-token accuracy on np, pd")):
+                                     ("unweighted cross-entropy (nats per token)",
+                                      f"next-token accuracy on {', '.join(key_tokens)}")):
         for name, rows in scores.items():
             ax.plot([r["epoch"] + 1 for r in rows], [r[key] for r in rows], marker="o", label=name)
         ax.set(xlabel="epoch", ylabel=label, title=title)
