@@ -143,6 +143,7 @@ class Learner:
         except _CANCELS:
             raise
         except Exception as exc:
+            # check_callback reads this note back (minilearn.testing.callback_checks._LOOP_NOTE).
             owner = cb.name if cb else "no callback"
             self._add_note(exc, f"the step {name} (owned by {owner})" if name in STEPS else f"callback {owner}", name)
             raise
