@@ -21,7 +21,7 @@ from minilearn.callback import Callback
 from minilearn.data import DataLoaders, to_device
 from minilearn.exceptions import CancelBatchException
 from minilearn.inputs import loss_call, signature_of, store_loss
-from minilearn.losses.linear_logprobs import LinearLogits
+from minilearn.logprobs.linear import LinearLogits
 
 __all__ = ["AccelerateCB", "AccelerateCustomCB", "float32_outputs"]
 

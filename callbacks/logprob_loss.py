@@ -6,7 +6,7 @@ import torch
 
 from minilearn.callback import Callback
 from minilearn.callbacks.accelerate import AccelerateCB
-from minilearn.custom_loss import (CustomLossStep, LogprobLossFn, apply_custom_loss_gradients, custom_loss_step)
+from minilearn.logprobs.forward_backward import (CustomLossStep, LogprobLossFn, apply_custom_loss_gradients, custom_loss_step)
 from minilearn.inputs import select_output
 
 __all__ = ["LogprobLossCB"]
@@ -14,8 +14,8 @@ __all__ = ["LogprobLossCB"]
 
 class LogprobLossCB(Callback):
     """Train with `fn(batch, logprobs) -> loss or (loss, metrics)`, a loss over the target
-    log-probabilities of each sequence (see `minilearn.custom_loss` and, for targets and padding,
-    `minilearn.sequence_logprobs`). Owns `get_loss` and `backward`.
+    log-probabilities of each sequence (see `minilearn.logprobs.forward_backward` and, for targets and padding,
+    `minilearn.logprobs.sequences`). Owns `get_loss` and `backward`.
 
     - `two_pass=False`: the usual forward pass with autograd, `fn`, and its backward.
     - `two_pass=True`: the forward pass of the loop runs without a graph (only the logits are
@@ -23,15 +23,15 @@ class LogprobLossCB(Callback):
       forward-backward in micro-batches of `micro_batch_size` sequences: the same gradient, with
       the memory of one micro-batch.
     - `ref_model`: a frozen reference model, run without grad in eval mode; `fn` finds its
-      per-sequence log-probabilities in `batch["ref_logprobs"]` (for `dpo_loss`).
+      per-sequence log-probabilities in `batch["ref_logprobs"]` (for `make_dpo_loss`).
 
     Under AccelerateCB (order 20, below this callback's 30), back-propagation goes through the
     accelerator (gradient accumulation, fp16 scaling) and, with several processes, `fn` sees the
     gathered batch and log-probabilities of every process while each process back-propagates its
     own sequences: the gradient equals one process's on the whole global batch.
 
-    >>> from minilearn.losses import dpo_loss
-    >>> # learn.fit(1, cbs=LogprobLossCB(dpo_loss(beta=0.1), two_pass=True, micro_batch_size=4, ref_model=ref))
+    >>> from minilearn.losses import make_dpo_loss
+    >>> # learn.fit(1, cbs=LogprobLossCB(make_dpo_loss(beta=0.1), two_pass=True, micro_batch_size=4, ref_model=ref))
     """
 
     order = 30

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from minilearn.callback import Callback
 from minilearn.callbacks.monitor import Monitor
-from minilearn.checkpoint import is_checkpoint, remove_checkpoint
+from minilearn.checkpoints.files import is_checkpoint, remove_checkpoint
 
 __all__ = ["SaveModelCB"]
 

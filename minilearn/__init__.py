@@ -1,16 +1,15 @@
 """minilearn: a small, readable, callback-driven Learner for PyTorch, built for custom losses."""
 
 from minilearn.callback import Callback, MisspeltEventWarning, misspelt_events
-from minilearn.custom_loss import CustomLossResult, forward_backward_custom
 from minilearn.data import DataLoaders, batch_size, default_device, to_device
 from minilearn.events import EVENTS, LOOP_STATE, STEPS
 from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException, CheckpointError,
                                   LossOutputError, MissingInputError, UnknownEventError)
-from minilearn.fused_head import FusedHead
 from minilearn.learner import Learner
+from minilearn.logprobs import (IGNORE_INDEX, CustomLossResult, FusedHead, forward_backward_custom, logprob_targets,
+                                sequence_logprobs)
 from minilearn.lr_finder import LRFinderCB
 from minilearn.normalized_loss import LossTensor, NormalizedLoss
-from minilearn.sequence_logprobs import logprob_targets, sequence_logprobs
 from minilearn.train import TrainCB
 
 __version__ = "0.1.0"
@@ -20,5 +19,5 @@ __all__ = [
     "CancelFitException", "CancelEpochException", "CancelBatchException",
     "UnknownEventError", "MissingInputError", "LossOutputError", "CheckpointError",
     "NormalizedLoss", "LossTensor", "forward_backward_custom", "CustomLossResult", "logprob_targets", "sequence_logprobs",
-    "DataLoaders", "to_device", "batch_size", "default_device", "FusedHead",
+    "DataLoaders", "to_device", "batch_size", "default_device", "FusedHead", "IGNORE_INDEX",
 ]

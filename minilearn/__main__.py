@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the chosen command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from minilearn.demo import run_demo
+    from minilearn.demo.run import run_demo
     results = run_demo(epochs=args.epochs, max_chars=args.chars, alpha=args.alpha, lr=args.lr, out=args.out,
                        seed=args.seed)
     print("key-token accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in results.items()))

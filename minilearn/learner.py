@@ -13,15 +13,15 @@ from fastcore.basics import store_attr
 from fastcore.foundation import L
 
 from minilearn.callback import Callback, warn_misspelt_events
-from minilearn.custom_loss import CustomLossResult, LogprobLossFn, forward_backward_custom
-from minilearn.checkpoint import check_weights, read_checkpoint, save_checkpoint
+from minilearn.logprobs.forward_backward import CustomLossResult, LogprobLossFn, forward_backward_custom
+from minilearn.checkpoints.files import check_weights, read_checkpoint, save_checkpoint
 from minilearn.data import describe
 from minilearn.events import EVENTS, STEPS, TRAIN_BATCH, VALID_BATCH
 from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException, CheckpointError,
                                   UnknownEventError)
 from minilearn.lr_finder import LRFinderCB
-from minilearn.random_state import random_states
-from minilearn.resume import ResumeCB, TrainingPosition, stateful_callbacks
+from minilearn.checkpoints.random_state import random_states
+from minilearn.checkpoints.resume import ResumeCB, TrainingPosition, stateful_callbacks
 from minilearn.train import TrainCB
 
 __all__ = ["Learner"]
@@ -182,7 +182,7 @@ class Learner:
                                 micro_batch_size: int | None = None,
                                 ref_model: torch.nn.Module | None = None) -> CustomLossResult:
         """Compute `fn(batch, logprobs)` and leave its gradient in the parameters; see
-        `minilearn.custom_loss.forward_backward_custom`. Apply it with `optim_step()`."""
+        `minilearn.logprobs.forward_backward.forward_backward_custom`. Apply it with `optim_step()`."""
         return forward_backward_custom(self, batch, fn, two_pass, micro_batch_size, ref_model)
 
     def optim_step(self) -> None:
@@ -309,7 +309,7 @@ class Learner:
         self.restore(*read_checkpoint(path), path, with_opt)
 
     def restore(self, state: dict, weights: dict, source: str | os.PathLike, with_opt: bool = True) -> None:
-        """Put a checkpoint read by `minilearn.checkpoint.read_checkpoint` into the learner (see `load`)."""
+        """Put a checkpoint read by `minilearn.checkpoints.files.read_checkpoint` into the learner (see `load`)."""
         model = self.unwrapped_model
         check_weights(model, weights, source)
         if with_opt and "opt" in state:

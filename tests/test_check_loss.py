@@ -12,7 +12,7 @@ from torch import nn
 
 from minilearn import NormalizedLoss
 from minilearn.callbacks import AccelerateCB
-from minilearn.losses import ImportanceSamplingLoss, KeyTokenWeightedLoss, PolicyGradientLoss, WeightedCrossEntropy
+from minilearn.losses import ImportanceWeightedCrossEntropy, KeyTokenWeightedLoss, PolicyGradientLoss, WeightedCrossEntropy
 from minilearn.testing import CheckFailed, CheckReport, check_loss, sample_preds
 from minilearn.testing.tiny import tiny_learner
 
@@ -74,7 +74,7 @@ def test_a_correct_loss_passes_every_check():
     assert report.raise_if_failed() is report
 
 
-@pytest.mark.parametrize("loss", [WeightedCrossEntropy(), ImportanceSamplingLoss(clip_ratio=2.0),
+@pytest.mark.parametrize("loss", [WeightedCrossEntropy(), ImportanceWeightedCrossEntropy(clip_ratio=2.0),
                                   KeyTokenWeightedLoss([2, 5], alpha=1.5), PolicyGradientLoss("ppo"),
                                   PolicyGradientLoss("dro", beta=0.3)], ids=lambda m: repr(m))
 def test_the_plug_in_losses_pass(loss):

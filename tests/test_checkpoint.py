@@ -11,7 +11,7 @@ from torch import nn
 
 from minilearn import CheckpointError, Learner
 from minilearn.callbacks import OneCycleCB
-from minilearn.checkpoint import MANIFEST, atomic_write, is_checkpoint, read_checkpoint, remove_checkpoint
+from minilearn.checkpoints.files import MANIFEST, atomic_write, is_checkpoint, read_checkpoint, remove_checkpoint
 
 from conftest import regression_dls
 

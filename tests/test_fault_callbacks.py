@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from minilearn import Callback
 from minilearn.callbacks import EarlyStoppingCB, MetricsCB, Monitor, SaveModelCB, TerminateOnNaNCB
-from minilearn.checkpoint import read_checkpoint
+from minilearn.checkpoints.files import read_checkpoint
 
 
 class FakeValidLoss(Callback):

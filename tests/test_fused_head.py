@@ -13,7 +13,7 @@ from torch import nn
 from minilearn import DataLoaders, FusedHead, Learner
 from minilearn.callbacks import AccelerateCB, AccelerateCustomCB, LossCB, MetricsCB
 from minilearn.losses import KeyTokenWeightedLoss, LinearLogits, PolicyGradientLoss, WeightedCrossEntropy
-from minilearn.models import TinyCausalLM
+from minilearn.demo.tiny_model import TinyCausalLM
 
 V, T = 40, 8
 

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from minilearn import DataLoaders, Learner, LossOutputError, MissingInputError
-from minilearn.losses import (ImportanceSamplingLoss, KeyTokenWeightedLoss, PolicyGradientLoss, WeightedCrossEntropy,
-                              importance_sampling_loss, key_token_weighted_loss, policy_gradient_loss, token_logprobs,
+from minilearn.losses import (ImportanceWeightedCrossEntropy, KeyTokenWeightedLoss, PolicyGradientLoss, WeightedCrossEntropy,
+                              importance_weighted_cross_entropy, key_token_weighted_loss, policy_gradient_loss, token_logprobs,
                               weighted_cross_entropy)
 
 FUZZ = settings(max_examples=60, deadline=None)
@@ -94,8 +94,8 @@ def test_fuzz_token_logprobs_and_weighted_cross_entropy(inputs, reduction):
 @given(token_inputs(), st.sampled_from([None, 0.5, 2.0]))
 def test_fuzz_importance_sampling(inputs, clip_ratio):
     logits, targets, weights, iw, _ = inputs
-    check(lambda: importance_sampling_loss(logits, targets, weights, iw, clip_ratio), logits, weights, iw)
-    check(lambda: ImportanceSamplingLoss(clip_ratio)(logits, targets, weights, iw), logits, weights, iw)
+    check(lambda: importance_weighted_cross_entropy(logits, targets, weights, iw, clip_ratio), logits, weights, iw)
+    check(lambda: ImportanceWeightedCrossEntropy(clip_ratio)(logits, targets, weights, iw), logits, weights, iw)
 
 
 @FUZZ

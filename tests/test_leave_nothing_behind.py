@@ -15,8 +15,8 @@ import minilearn.callbacks as callbacks
 from minilearn import Callback, DataLoaders, Learner
 from minilearn.callbacks import (AccelerateCB, AccelerateCustomCB, BatchSchedCB, DeviceCB, EarlyStoppingCB,
                                  GradClipCB, LogprobLossCB, LossCB, LRFinderCB, MetricsCB, OneCycleCB, SaveModelCB)
-from minilearn.losses import WeightedCrossEntropy, variance_loss
-from minilearn.models import TinyCausalLM
+from minilearn.losses import WeightedCrossEntropy, make_variance_loss
+from minilearn.demo.tiny_model import TinyCausalLM
 from minilearn.testing import check_callback, learner_fingerprint, left_behind, tiny_learner
 
 V, T = 11, 6
@@ -59,8 +59,8 @@ def with_arguments(tmp_path):
         "OneCycleCB": [lambda: [OneCycleCB(0.05)]],
         "GradClipCB": [lambda: [GradClipCB(0.5)]],
         "LossCB": [lambda: [LossCB(WeightedCrossEntropy())]],
-        "LogprobLossCB": [lambda: [LogprobLossCB(variance_loss())],
-                          lambda: [LogprobLossCB(variance_loss(), two_pass=True)]],
+        "LogprobLossCB": [lambda: [LogprobLossCB(make_variance_loss())],
+                          lambda: [LogprobLossCB(make_variance_loss(), two_pass=True)]],
         "SaveModelCB": [lambda: [MetricsCB(), SaveModelCB(every_epoch=True, path=tmp_path / "ckpt")]],
         "EarlyStoppingCB": [lambda: [MetricsCB(), EarlyStoppingCB(patience=1)]],
     }

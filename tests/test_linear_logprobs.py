@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minilearn.losses import (ImportanceSamplingLoss, KeyTokenWeightedLoss, LinearLogits, PolicyGradientLoss,
+from minilearn.losses import (ImportanceWeightedCrossEntropy, KeyTokenWeightedLoss, LinearLogits, PolicyGradientLoss,
                               WeightedCrossEntropy, linear_tile_shape, linear_token_logprobs, token_logprobs)
 
 IGNORE = -100
@@ -153,7 +153,7 @@ def test_each_loss_gives_the_same_value_and_gradients_on_linear_logits(name):
     loss, inputs = {
         "weighted_ce": (WeightedCrossEntropy(), (t, weights)),
         "weighted_ce_sum_top_k": (WeightedCrossEntropy("sum"), (t_k, torch.ones(3, 6, 2, dtype=torch.float64))),
-        "importance_sampling": (ImportanceSamplingLoss(clip_ratio=1.5), (t, weights, 2 * weights)),
+        "importance_sampling": (ImportanceWeightedCrossEntropy(clip_ratio=1.5), (t, weights, 2 * weights)),
         "ppo": (PolicyGradientLoss("ppo"), (t, q, adv)),
         "cispo": (PolicyGradientLoss("cispo"), (t, q, adv)),
         "dro": (PolicyGradientLoss("dro"), (t, q, adv)),

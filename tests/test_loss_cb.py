@@ -10,7 +10,7 @@ from test_accelerate import fresh_accelerate, reset_accelerate  # noqa: F401
 
 from minilearn import DataLoaders, Learner
 from minilearn.callbacks import AccelerateCB, AccelerateCustomCB, LossCB, MetricsCB
-from minilearn.losses import (ImportanceSamplingLoss, KeyTokenWeightedLoss, PolicyGradientLoss, WeightedCrossEntropy)
+from minilearn.losses import (ImportanceWeightedCrossEntropy, KeyTokenWeightedLoss, PolicyGradientLoss, WeightedCrossEntropy)
 
 V, T = 11, 6
 
@@ -123,7 +123,7 @@ def test_a_bad_batch_under_loss_cb_raises_and_leaves_the_learner_usable():
 
 LOSSES = {
     "weighted_ce": lambda: WeightedCrossEntropy(),
-    "importance_sampling": lambda: ImportanceSamplingLoss(clip_ratio=1.2),
+    "importance_sampling": lambda: ImportanceWeightedCrossEntropy(clip_ratio=1.2),
     "key_token": lambda: KeyTokenWeightedLoss([1, 2], alpha=1.5),
 }
 

@@ -21,8 +21,8 @@ from test_accelerate import fresh_accelerate  # noqa: F401
 from minilearn import DataLoaders, Learner, LossTensor, NormalizedLoss
 from minilearn.callbacks import LossCB, MetricsCB
 from minilearn.inputs import split_loss_output
-from minilearn.losses import (ImportanceSamplingLoss, KeyTokenWeightedLoss, PolicyGradientLoss, WeightedCrossEntropy,
-                              default_clip_thresholds, importance_sampling_loss, key_token_weighted_loss,
+from minilearn.losses import (ImportanceWeightedCrossEntropy, KeyTokenWeightedLoss, PolicyGradientLoss, WeightedCrossEntropy,
+                              default_clip_thresholds, importance_weighted_cross_entropy, key_token_weighted_loss,
                               policy_gradient_loss, weighted_cross_entropy)
 
 IGNORE, V = -100, 7
@@ -51,11 +51,11 @@ LOSSES = {
     "WeightedCrossEntropy_top_k": lambda x, b: WeightedCrossEntropy()(x, b["top_k"], torch.ones(3, 5, 2)),
     "weighted_cross_entropy": lambda x, b: weighted_cross_entropy(x, b["target_tokens"], b["weights"]),
     "weighted_cross_entropy_sum": lambda x, b: weighted_cross_entropy(x, b["target_tokens"], b["weights"], "sum"),
-    "ImportanceSamplingLoss": lambda x, b: ImportanceSamplingLoss()(x, b["target_tokens"], b["weights"],
+    "ImportanceWeightedCrossEntropy": lambda x, b: ImportanceWeightedCrossEntropy()(x, b["target_tokens"], b["weights"],
                                                                     b["importance_weights"]),
-    "ImportanceSamplingLoss_clip": lambda x, b: ImportanceSamplingLoss(1.5)(x, b["target_tokens"], b["weights"],
+    "ImportanceSamplingLoss_clip": lambda x, b: ImportanceWeightedCrossEntropy(1.5)(x, b["target_tokens"], b["weights"],
                                                                             b["importance_weights"]),
-    "importance_sampling_loss": lambda x, b: importance_sampling_loss(x, b["target_tokens"], b["weights"],
+    "importance_weighted_cross_entropy": lambda x, b: importance_weighted_cross_entropy(x, b["target_tokens"], b["weights"],
                                                                       b["importance_weights"], clip_ratio=1.5),
     **{f"PolicyGradientLoss_{kind}": (lambda kind: lambda x, b: PolicyGradientLoss(kind)(
         x, b["target_tokens"], b["logprobs"], b["advantages"]))(kind) for kind in KINDS},
@@ -202,8 +202,8 @@ def test_importance_sampling_loss_is_weavers_importance_sampling(clip_ratio):
     x = b["logits"].clone().requires_grad_()
     args = b["target_tokens"], b["weights"], b["importance_weights"]
     reference = weaver_importance_sampling(x, *args, clip_ratio)
-    assert_equal_to_1e_10(ImportanceSamplingLoss(clip_ratio)(x, *args), reference, x)
-    assert_equal_to_1e_10(importance_sampling_loss(x, *args, clip_ratio), reference, x)
+    assert_equal_to_1e_10(ImportanceWeightedCrossEntropy(clip_ratio)(x, *args), reference, x)
+    assert_equal_to_1e_10(importance_weighted_cross_entropy(x, *args, clip_ratio), reference, x)
 
 
 # ---- Tinker's loss_fn_config ------------------------------------------------------------------------

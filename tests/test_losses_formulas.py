@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from minilearn import LossTensor
-from minilearn.losses import (ImportanceSamplingLoss, KeyTokenWeightedLoss, PolicyGradientLoss, WeightedCrossEntropy,
-                              importance_sampling_loss, key_token_weighted_loss, policy_gradient_loss,
+from minilearn.losses import (ImportanceWeightedCrossEntropy, KeyTokenWeightedLoss, PolicyGradientLoss, WeightedCrossEntropy,
+                              importance_weighted_cross_entropy, key_token_weighted_loss, policy_gradient_loss,
                               shift_targets, token_logprobs, weighted_cross_entropy)
 
 IGNORE = -100
@@ -136,7 +136,7 @@ def test_uniform_weights_give_f_cross_entropy():
     assert_same(weighted_cross_entropy(x, t, 2.5 * ones), F.cross_entropy(*flat, ignore_index=IGNORE), x)
     assert_same(weighted_cross_entropy(x, t, ones, "sum"),
                 F.cross_entropy(*flat, ignore_index=IGNORE, reduction="sum"), x)
-    assert_same(importance_sampling_loss(x, t, ones, ones), F.cross_entropy(*flat, ignore_index=IGNORE), x)
+    assert_same(importance_weighted_cross_entropy(x, t, ones, ones), F.cross_entropy(*flat, ignore_index=IGNORE), x)
 
 
 def test_weighted_cross_entropy_gradcheck():
@@ -148,7 +148,7 @@ def test_weighted_cross_entropy_gradcheck():
     assert torch.autograd.gradcheck(lambda x: weighted_cross_entropy(x, tk, torch.ones(4, 2, dtype=torch.float64), "sum"), (x,))
 
 
-# ---- ImportanceSamplingLoss ----------------------------------------------------------------------
+# ---- ImportanceWeightedCrossEntropy ----------------------------------------------------------------------
 
 def hand_importance_sampling(x, t, w, iw, clip):
     num = den = 0.0
@@ -170,7 +170,7 @@ def test_importance_sampling_matches_the_hand_formula(clip):
     g = torch.Generator().manual_seed(7)
     w = torch.rand(2, 5, generator=g, dtype=torch.float64)
     iw = 4 * torch.randn(2, 5, generator=g, dtype=torch.float64)  # some beyond +-1.5 both ways
-    out = ImportanceSamplingLoss(clip_ratio=clip)(x, t, w, iw)
+    out = ImportanceWeightedCrossEntropy(clip_ratio=clip)(x, t, w, iw)
     assert isinstance(out, LossTensor) and not out.is_sum
     assert_same(out, hand_importance_sampling(x, t, w, iw, clip), x)
     counted = t != IGNORE
@@ -182,7 +182,7 @@ def test_importance_sampling_gradcheck():
     x = rand(4, 3)
     t = torch.tensor([2, 0, 1, IGNORE])
     w, iw = torch.rand(4, dtype=torch.float64), torch.tensor([0.5, 3.0, -2.0, 1.0], dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda x: importance_sampling_loss(x, t, w, iw, clip_ratio=1.2), (x,))
+    assert torch.autograd.gradcheck(lambda x: importance_weighted_cross_entropy(x, t, w, iw, clip_ratio=1.2), (x,))
 
 
 # ---- PolicyGradientLoss --------------------------------------------------------------------------

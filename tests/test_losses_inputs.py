@@ -5,8 +5,8 @@ float64 stays float64; no float32 copy of the whole log-softmax is kept for the 
 import pytest
 import torch
 
-from minilearn.losses import (ImportanceSamplingLoss, KeyTokenWeightedLoss, PolicyGradientLoss, WeightedCrossEntropy,
-                              importance_sampling_loss, key_token_weighted_loss, policy_gradient_loss, token_logprobs,
+from minilearn.losses import (ImportanceWeightedCrossEntropy, KeyTokenWeightedLoss, PolicyGradientLoss, WeightedCrossEntropy,
+                              importance_weighted_cross_entropy, key_token_weighted_loss, policy_gradient_loss, token_logprobs,
                               weighted_cross_entropy)
 
 IGNORE = -100
@@ -53,9 +53,9 @@ def test_non_finite_weights_are_refused():
 def test_other_per_token_inputs_are_checked_under_their_own_names():
     x, t, ones = logits(3, 6), torch.tensor([0, 1, 2]), torch.ones(3)
     with pytest.raises(ValueError, match=r"importance_weights of shape \(2,\)"):
-        importance_sampling_loss(x, t, ones, torch.ones(2))
+        importance_weighted_cross_entropy(x, t, ones, torch.ones(2))
     with pytest.raises(ValueError, match=r"importance_weights holds 1 non-finite"):
-        ImportanceSamplingLoss()(x, t, ones, torch.tensor([1.0, float("inf"), 1.0]))
+        ImportanceWeightedCrossEntropy()(x, t, ones, torch.tensor([1.0, float("inf"), 1.0]))
     with pytest.raises(ValueError, match=r"logprobs of shape \(3, 1\)"):
         policy_gradient_loss(x, t, torch.zeros(3, 1), ones)
     with pytest.raises(ValueError, match=r"advantages holds 1 non-finite"):
@@ -83,13 +83,13 @@ def test_bad_settings_are_refused_at_construction():
     with pytest.raises(ValueError, match="clip_low_threshold <= clip_high_threshold"):
         PolicyGradientLoss("cispo", clip_high_threshold=-1.0)
     with pytest.raises(ValueError, match="clip_ratio must be a positive number or None, got -1"):
-        ImportanceSamplingLoss(clip_ratio=-1)
+        ImportanceWeightedCrossEntropy(clip_ratio=-1)
 
 
 def test_zero_sum_weights_give_zero_loss_zero_gradient_and_say_so():
     x, t = logits(4, 6), torch.tensor([0, 1, IGNORE, 3])
     w = torch.tensor([0.0, 0.0, 5.0, 0.0])  # the only non-zero weight sits on an ignored position
-    for out in (weighted_cross_entropy(x, t, w), importance_sampling_loss(x, t, w, torch.full((4,), 2.0))):
+    for out in (weighted_cross_entropy(x, t, w), importance_weighted_cross_entropy(x, t, w, torch.full((4,), 2.0))):
         (g,) = torch.autograd.grad(out, x)
         assert out.item() == 0.0 and torch.all(g == 0) and not torch.isnan(g).any()
         assert out.metrics["zero_weight_batches"].item() == 1.0 and out.metrics["weight_sum"].item() == 0.0
@@ -100,7 +100,7 @@ def test_zero_sum_weights_give_zero_loss_zero_gradient_and_say_so():
 
 def test_all_ignored_tokens_give_zero_and_no_nan_in_any_loss():
     x, t, z = logits(2, 6), torch.tensor([IGNORE, IGNORE]), torch.zeros(2)
-    losses = [weighted_cross_entropy(x, t, z + 1), importance_sampling_loss(x, t, z + 1, z + 1),
+    losses = [weighted_cross_entropy(x, t, z + 1), importance_weighted_cross_entropy(x, t, z + 1, z + 1),
               *(policy_gradient_loss(x, t, z, z + 1, kind) for kind in ("importance_sampling", "ppo", "cispo", "dro")),
               key_token_weighted_loss(logits(1, 2, 6), torch.tensor([[1, 2]]), [1],
                                       attention_mask=torch.tensor([[1, 0]]))]

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minilearn.losses import (importance_sampling_loss, key_token_weighted_loss, policy_gradient_loss, token_logprobs,
+from minilearn.losses import (importance_weighted_cross_entropy, key_token_weighted_loss, policy_gradient_loss, token_logprobs,
                               weighted_cross_entropy)
 
 IGNORE = -100
@@ -40,8 +40,8 @@ def all_losses(logits, targets, weights, iw, q, adv):
     """Every token loss's value on one batch, by name."""
     out = {"wce": weighted_cross_entropy(logits, targets, weights),
            "wce_sum": weighted_cross_entropy(logits, targets, weights, "sum"),
-           "is": importance_sampling_loss(logits, targets, weights, iw),
-           "is_clip": importance_sampling_loss(logits, targets, weights, iw, clip_ratio=1.0)}
+           "is": importance_weighted_cross_entropy(logits, targets, weights, iw),
+           "is_clip": importance_weighted_cross_entropy(logits, targets, weights, iw, clip_ratio=1.0)}
     for kind in KINDS:
         out[kind] = policy_gradient_loss(logits, targets, q, adv, kind)
     return out
@@ -53,8 +53,8 @@ def test_scaling_all_weights_leaves_weight_mean_losses_unchanged(batch, scale):
     logits, targets, weights, iw, _, _ = batch
     assert close(weighted_cross_entropy(logits, targets, weights * scale),
                  weighted_cross_entropy(logits, targets, weights))
-    assert close(importance_sampling_loss(logits, targets, weights * scale, iw, 1.5),
-                 importance_sampling_loss(logits, targets, weights, iw, 1.5))
+    assert close(importance_weighted_cross_entropy(logits, targets, weights * scale, iw, 1.5),
+                 importance_weighted_cross_entropy(logits, targets, weights, iw, 1.5))
 
 
 @SETTINGS
@@ -141,7 +141,7 @@ def test_micro_batch_totals_and_denominators_give_the_whole_batch_gradient(batch
         return weighted_cross_entropy(x[s], targets[s], weights[s])
 
     def is_(x, s):
-        return importance_sampling_loss(x[s], targets[s], weights[s], iw[s], 1.5)
+        return importance_weighted_cross_entropy(x[s], targets[s], weights[s], iw[s], 1.5)
 
     for f in (wce, is_):
         whole, split = whole_and_split(f)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from minilearn.losses.logprobs import _target_logprobs, check_targets, shift_targets
+from minilearn.logprobs.tokens import IGNORE_INDEX, check_targets, shift_targets, target_logprobs
 from minilearn.losses.tokens import masked_mean, masked_sum
 from minilearn.normalized_loss import LossTensor, NormalizedLoss
 
@@ -25,7 +25,7 @@ def _as_ids(keytoken_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
 def key_token_weighted_loss(logits: torch.Tensor, input_ids: torch.Tensor,
                             keytoken_ids: Sequence[int] | torch.Tensor, alpha: float = 1.0,
                             attention_mask: torch.Tensor | None = None, pad_token_id: int | None = None,
-                            ignore_index: int = -100) -> LossTensor:
+                            ignore_index: int = IGNORE_INDEX) -> LossTensor:
     """Key-token weighted causal-LM loss.
 
     Position t predicts token t+1 (the logits are not sliced: the last position has no target). For
@@ -64,7 +64,7 @@ def key_token_weighted_loss(logits: torch.Tensor, input_ids: torch.Tensor,
     # padding: under left padding the last pad position predicts the first real token.
     targets = torch.where(shift_targets(keep.long(), 0).bool(), shift_targets(input_ids, ignore_index), ignore_index)
     target_mask = targets != ignore_index
-    lp = _target_logprobs(logits, targets, ignore_index)
+    lp = target_logprobs(logits, targets, ignore_index)
     n_targets = target_mask.sum(-1)
     per_sample = -lp.sum(-1) / n_targets.clamp(min=1).to(lp.dtype)
     n_key = (torch.isin(input_ids, _as_ids(keytoken_ids).to(input_ids.device)) & keep).sum(-1)
@@ -87,7 +87,7 @@ class KeyTokenWeightedLoss(nn.Module):
     """
 
     def __init__(self, keytoken_ids: Sequence[int] | torch.Tensor, alpha: float = 1.0,
-                 pad_token_id: int | None = None, ignore_index: int = -100):
+                 pad_token_id: int | None = None, ignore_index: int = IGNORE_INDEX):
         super().__init__()
         # A buffer, so that `.to(device)` moves the ids with the module.
         self.register_buffer("keytoken_ids", _as_ids(keytoken_ids), persistent=False)

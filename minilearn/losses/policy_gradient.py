@@ -5,7 +5,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from minilearn.losses.logprobs import token_logprobs
+from minilearn.logprobs.tokens import IGNORE_INDEX, token_logprobs
 from minilearn.losses.tokens import check_token_values, masked_mean, masked_sum, token_mask
 from minilearn.normalized_loss import LossTensor
 
@@ -42,7 +42,7 @@ def _settings(kind: str, clip_low_threshold: float | None, clip_high_threshold: 
 def policy_gradient_loss(logits: torch.Tensor, target_tokens: torch.Tensor, logprobs: torch.Tensor,
                          advantages: torch.Tensor, kind: PolicyGradientKind = "importance_sampling",
                          clip_low_threshold: float | None = None, clip_high_threshold: float | None = None,
-                         beta: float = 0.1, ignore_index: int = -100) -> LossTensor:
+                         beta: float = 0.1, ignore_index: int = IGNORE_INDEX) -> LossTensor:
     """A sum-reduced policy-gradient loss, as Tinker defines them. With `lp_t` the learner's
     log-probability of the sampled token, `q_t` the sampler's (`logprobs`), `A_t` the advantage, the
     ratio `r_t = exp(lp_t - q_t)` and `clip` to `[clip_low_threshold, clip_high_threshold]`:
@@ -106,7 +106,7 @@ class PolicyGradientLoss(nn.Module):
     """
 
     def __init__(self, kind: PolicyGradientKind = "importance_sampling", clip_low_threshold: float | None = None,
-                 clip_high_threshold: float | None = None, beta: float = 0.1, ignore_index: int = -100):
+                 clip_high_threshold: float | None = None, beta: float = 0.1, ignore_index: int = IGNORE_INDEX):
         super().__init__()
         self.clip_low_threshold, self.clip_high_threshold = _settings(kind, clip_low_threshold, clip_high_threshold)
         self.kind, self.beta, self.ignore_index = kind, beta, ignore_index

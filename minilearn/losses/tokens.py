@@ -3,6 +3,7 @@ positions that count, and sums over it."""
 
 import torch
 
+from minilearn.logprobs.tokens import IGNORE_INDEX
 from minilearn.normalized_loss import LossTensor, NormalizedLoss
 
 __all__ = ["check_token_values", "token_mask", "masked_sum", "masked_mean", "weight_normalized"]
@@ -32,7 +33,7 @@ def check_token_values(name: str, values: torch.Tensor, target_tokens: torch.Ten
                          f"{name} shape {tuple(values.shape)}, target_tokens shape {tuple(target_tokens.shape)}")
 
 
-def token_mask(target_tokens: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+def token_mask(target_tokens: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """True where a target counts: every position whose target is not `ignore_index`.
 
     >>> token_mask(torch.tensor([3, -100, 0]))

@@ -5,7 +5,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from minilearn.losses.logprobs import token_logprobs
+from minilearn.logprobs.tokens import IGNORE_INDEX, token_logprobs
 from minilearn.losses.tokens import check_token_values, token_mask, weight_normalized
 from minilearn.normalized_loss import LossTensor
 
@@ -23,7 +23,7 @@ def _check_reduction(reduction: str) -> None:
 
 def weighted_cross_entropy(logits: torch.Tensor, target_tokens: torch.Tensor, weights: torch.Tensor,
                            reduction: Reduction = "weight_mean",
-                           ignore_index: int = -100) -> LossTensor:
+                           ignore_index: int = IGNORE_INDEX) -> LossTensor:
     """Token cross-entropy weighted per target token, as a 0-dim `LossTensor` (a `torch.Tensor`
     that also carries `.total`, `.denominator` and `.metrics`).
 
@@ -66,7 +66,7 @@ class WeightedCrossEntropy(nn.Module):
     LossTensor(1.3863)
     """
 
-    def __init__(self, reduction: Reduction = "weight_mean", ignore_index: int = -100):
+    def __init__(self, reduction: Reduction = "weight_mean", ignore_index: int = IGNORE_INDEX):
         super().__init__()
         _check_reduction(reduction)
         self.reduction, self.ignore_index = reduction, ignore_index

@@ -7,7 +7,7 @@
   8x that many sequences, each measured in a fresh process: peak resident memory during the step
   minus what the process held once the model and batch existed (target: at most 0.35).
 
-The loss is `variance_loss`, which couples every sequence of the batch.
+The loss is `make_variance_loss`, which couples every sequence of the batch.
 
     python tests/bench/two_pass.py [--reps 5] [--threads 2] [--micro 8]
 """
@@ -23,15 +23,15 @@ import json, sys, time
 import torch
 from measure import peak_rss_kb, rss_kb
 from minilearn import DataLoaders, Learner
-from minilearn.losses import variance_loss
-from minilearn.models import TinyCausalLM
+from minilearn.losses import make_variance_loss
+from minilearn.demo.tiny_model import TinyCausalLM
 
 mode, n_seqs, micro, seq_len, threads, reps = sys.argv[1], *map(int, sys.argv[2:7])
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 learn = Learner(TinyCausalLM(512, dim=64, n_layers=4, n_heads=4, max_len=seq_len), DataLoaders([], []))
 batch = {"input_ids": torch.randint(0, 512, (n_seqs, seq_len))}
-fn = variance_loss(0.5)
+fn = make_variance_loss(0.5)
 
 
 def step(two_pass, micro_batch_size=None):
@@ -65,7 +65,7 @@ def main() -> int:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--time-batch", type=int, default=16, help="sequences in the timed batch")
     args = p.parse_args()
-    print(f"TinyCausalLM(V=512, dim=64, 4 layers, 4 heads), T={args.seq_len}, variance_loss, "
+    print(f"TinyCausalLM(V=512, dim=64, 4 layers, 4 heads), T={args.seq_len}, make_variance_loss, "
           f"torch threads={args.threads}")
     t = measure(CHILD, "time", args.time_batch, 0, args.seq_len, args.threads, args.reps, threads=args.threads)
     print(f"time, batch {args.time_batch}: direct {t['direct_s']:.3f} s, two-pass {t['two_pass_s']:.3f} s (last rep); "

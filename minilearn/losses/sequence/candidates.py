@@ -5,15 +5,16 @@ from collections.abc import Callable, Mapping
 import torch
 
 from minilearn.exceptions import MissingInputError
+from minilearn.logprobs.tokens import IGNORE_INDEX
 
-__all__ = ["candidate_ce_loss"]
+__all__ = ["make_candidate_ce_loss"]
 
 
 def _correct(correct_index: int | str, batch: Mapping, n: int, k: int) -> torch.Tensor:
     # One index into the K candidates for each of the n sequences.
     if isinstance(correct_index, str):
         if correct_index not in batch:
-            raise MissingInputError(f"candidate_ce_loss reads the correct candidates from the batch key {correct_index!r}, "
+            raise MissingInputError(f"the candidate loss (make_candidate_ce_loss) reads the correct candidates from the batch key {correct_index!r}, "
                            f"but the batch has keys {list(batch.keys())}")
         index = torch.as_tensor(batch[correct_index])
         if index.shape != (n,):
@@ -27,19 +28,19 @@ def _correct(correct_index: int | str, batch: Mapping, n: int, k: int) -> torch.
     return index.long()
 
 
-def candidate_ce_loss(correct_index: int | str = "correct_index") -> Callable[[Mapping, list[torch.Tensor]],
+def make_candidate_ce_loss(correct_index: int | str = "correct_index") -> Callable[[Mapping, list[torch.Tensor]],
                                                                               tuple[torch.Tensor, dict]]:
     """Cross-entropy over the K candidate tokens of each answer position, renormalised over them:
     `-log(p(correct) / sum_k p(candidate_k))`, averaged over all answer positions of the batch.
 
     For multiple-choice answers: `target_tokens` `(B, T, K)` gives the K candidate tokens (say the
-    tokens of "A", "B", "C", "D") at the answer positions and `-100` elsewhere, so each sequence's
+    tokens of "A", "B", "C", "D") at the answer positions and `IGNORE_INDEX` (-100) elsewhere, so each sequence's
     log-probabilities are `(T_i, K)`. `correct_index`: which of the K is right, the same for every
     sequence (an int) or the batch key of a `(B,)` tensor with one index a sequence. Metrics:
     `accuracy` (the correct candidate is the most likely) and `correct_prob` (its renormalised
     probability).
 
-    >>> fn = candidate_ce_loss(0)
+    >>> fn = make_candidate_ce_loss(0)
     >>> loss, m = fn({}, [torch.log(torch.tensor([[0.3, 0.1]]))])
     >>> round(loss.item(), 4), round(m["correct_prob"].item(), 4)
     (0.2877, 0.75)
@@ -47,14 +48,14 @@ def candidate_ce_loss(correct_index: int | str = "correct_index") -> Callable[[M
     def candidate_ce(batch: Mapping, logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         if not logprobs or any(lp.ndim != 2 for lp in logprobs):
             shapes = [tuple(lp.shape) for lp in logprobs]
-            raise ValueError(f"candidate_ce_loss needs candidate targets: target_tokens (B, T, K), giving "
+            raise ValueError(f"the candidate loss (make_candidate_ce_loss) needs candidate targets: target_tokens (B, T, K), giving "
                              f"log-probabilities (T_i, K) a sequence; got shapes {shapes}")
         k = logprobs[0].shape[1]
         index = _correct(correct_index, batch, len(logprobs), k).to(logprobs[0].device)
         lp = torch.cat(logprobs)                                           # (answer positions, K)
         if lp.shape[0] == 0:
-            raise ValueError("candidate_ce_loss found no answer position in the batch: target_tokens is -100 "
-                             "everywhere")
+            raise ValueError(f"the candidate loss (make_candidate_ce_loss) found no answer position in the batch: "
+                             f"target_tokens is {IGNORE_INDEX} everywhere")
         correct = torch.repeat_interleave(index, torch.tensor([x.shape[0] for x in logprobs], device=lp.device))
         chosen = (lp - torch.logsumexp(lp, -1, keepdim=True)).gather(1, correct[:, None])[:, 0]
         return -chosen.mean(), {"accuracy": (lp.detach().argmax(-1) == correct).to(lp.dtype).mean(),

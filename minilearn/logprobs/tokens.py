@@ -14,11 +14,17 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["token_logprobs", "shift_targets", "check_targets", "LazyLogits"]
+__all__ = ["IGNORE_INDEX", "MEMORY_BUDGET_ELEMENTS", "token_logprobs", "target_logprobs", "shift_targets",
+           "check_targets", "LazyLogits"]
 
-# About 32 MiB of float32 a chunk: large enough that the per-chunk overhead is noise, small enough
-# that a chunk's upcast copy and log-softmax stay far below the size of the logits.
-_CHUNK_ELEMENTS = 1 << 23
+# The target id of a position that predicts nothing (padding, a prompt): PyTorch's and Hugging Face's.
+IGNORE_INDEX = -100
+
+# How many float32 values a chunk of the logits (here) or a tile of them (`minilearn.logprobs.linear`)
+# holds at a time, about 32 MiB: large enough that the per-chunk overhead is noise and the matrix
+# products run at full speed, small enough that a chunk's upcast copy and log-softmax stay far below
+# the size of the logits of a large vocabulary.
+MEMORY_BUDGET_ELEMENTS = 1 << 23
 
 
 @runtime_checkable
@@ -42,7 +48,7 @@ def _shapes(logits: torch.Tensor, targets: torch.Tensor, name: str) -> str:
     return f"{name} shape {tuple(targets.shape)}, logits shape {tuple(logits.shape)}"
 
 
-def check_targets(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tensor, ignore_index: int = -100,
+def check_targets(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tensor, ignore_index: int = IGNORE_INDEX,
                   name: str = "target_tokens") -> None:
     """Raise a clear error when `target_tokens` cannot index `logits` (shape `(..., V)`); `name` is
     how the error calls the targets (a loss that takes `input_ids` passes `"input_ids"`).
@@ -83,7 +89,7 @@ def check_targets(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tensor
 
 
 def _chunks(rows: int, vocab: int, chunk_rows: int | None) -> Iterator[slice]:
-    step = max(1, chunk_rows or _CHUNK_ELEMENTS // max(vocab, 1))
+    step = max(1, chunk_rows or MEMORY_BUDGET_ELEMENTS // max(vocab, 1))
     for start in range(0, rows, step):
         yield slice(start, start + step)
 
@@ -122,7 +128,7 @@ class _ChunkedTargetLogprobs(torch.autograd.Function):
         return grad, None, None, None, None
 
 
-def token_logprobs(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tensor, ignore_index: int = -100,
+def token_logprobs(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tensor, ignore_index: int = IGNORE_INDEX,
                    chunk_rows: int | None = None) -> torch.Tensor:
     """Log-probabilities `log softmax(logits)[target]` of the target tokens.
 
@@ -146,12 +152,18 @@ def token_logprobs(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tenso
     torch.float32
     """
     check_targets(logits, target_tokens, ignore_index)
-    return _target_logprobs(logits, target_tokens, ignore_index, chunk_rows)
+    return target_logprobs(logits, target_tokens, ignore_index, chunk_rows)
 
 
-def _target_logprobs(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tensor, ignore_index: int,
-                     chunk_rows: int | None = None) -> torch.Tensor:
-    # `token_logprobs` without the checks, for losses that checked their inputs under their own names.
+def target_logprobs(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tensor, ignore_index: int = IGNORE_INDEX,
+                    chunk_rows: int | None = None) -> torch.Tensor:
+    """`token_logprobs` without its checks of the targets, for a caller that has checked them under
+    its own names (`check_targets(..., name=...)`) or built them itself (`shift_targets`): the same
+    kernel, shapes and dtypes.
+
+    >>> target_logprobs(torch.zeros(1, 4), torch.tensor([2]))
+    tensor([-1.3863])
+    """
     vocab = logits.shape[-1]
     candidates = target_tokens.ndim == logits.ndim
     targets = target_tokens if candidates else target_tokens.unsqueeze(-1)
@@ -166,7 +178,7 @@ def _target_logprobs(logits: torch.Tensor | LazyLogits, target_tokens: torch.Ten
     return lp.reshape(target_tokens.shape)
 
 
-def shift_targets(input_ids: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+def shift_targets(input_ids: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Next-token targets for a causal LM: position t predicts token t+1, so the targets are
     `input_ids` moved one step left along the last dimension, with `ignore_index` at the end.
 

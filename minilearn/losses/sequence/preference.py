@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from minilearn.exceptions import MissingInputError
 
-__all__ = ["sequence_totals", "pairwise_logistic", "bradley_terry_loss", "dpo_loss"]
+__all__ = ["sequence_totals", "pairwise_logistic", "make_bradley_terry_loss", "make_dpo_loss"]
 
 
 def sequence_totals(logprobs: list[torch.Tensor] | torch.Tensor, name: str = "logprobs") -> torch.Tensor:
@@ -60,12 +60,12 @@ def pairwise_logistic(chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[tor
     return -F.logsigmoid(margin).mean(), {k: v.detach() for k, v in metrics.items()}
 
 
-def bradley_terry_loss() -> Callable[[Mapping, list[torch.Tensor]], tuple[torch.Tensor, dict]]:
+def make_bradley_terry_loss() -> Callable[[Mapping, list[torch.Tensor]], tuple[torch.Tensor, dict]]:
     """The Bradley-Terry loss over pairwise comparisons, each sequence scored by its log-probability
     `s = sum_t lp_t`: `mean_i -log sigmoid(s_chosen_i - s_rejected_i)` (batch layout in the module
     docstring). Metrics as in `pairwise_logistic`.
 
-    >>> fn = bradley_terry_loss()
+    >>> fn = make_bradley_terry_loss()
     >>> loss, m = fn({}, [torch.tensor([-1.0, -1.0]), torch.tensor([-3.0])])
     >>> round(loss.item(), 4), m["margin"].item()
     (0.3133, 1.0)
@@ -75,7 +75,7 @@ def bradley_terry_loss() -> Callable[[Mapping, list[torch.Tensor]], tuple[torch.
     return bradley_terry
 
 
-def dpo_loss(beta: float = 0.1) -> Callable[[Mapping, list[torch.Tensor]], tuple[torch.Tensor, dict]]:
+def make_dpo_loss(beta: float = 0.1) -> Callable[[Mapping, list[torch.Tensor]], tuple[torch.Tensor, dict]]:
     """Direct Preference Optimisation (Rafailov et al., 2023):
     `mean_i -log sigmoid(beta ((c_i - c_ref_i) - (r_i - r_ref_i)))`, where `c`, `r` are the chosen and
     rejected sequences' log-probabilities under the model and `c_ref`, `r_ref` under a frozen
@@ -86,7 +86,7 @@ def dpo_loss(beta: float = 0.1) -> Callable[[Mapping, list[torch.Tensor]], tuple
     in the batch), or a `(B,)` tensor of sequence totals. Metrics: `accuracy`, `margin`,
     `chosen_reward` and `rejected_reward`, the rewards being `beta (log p - log p_ref)`.
 
-    >>> fn = dpo_loss(beta=0.5)
+    >>> fn = make_dpo_loss(beta=0.5)
     >>> lps = [torch.tensor([-1.0]), torch.tensor([-2.0])]
     >>> loss, m = fn({"ref_logprobs": torch.tensor([-1.0, -1.0])}, lps)
     >>> round(loss.item(), 4), m["chosen_reward"].item(), m["rejected_reward"].item()
@@ -97,7 +97,7 @@ def dpo_loss(beta: float = 0.1) -> Callable[[Mapping, list[torch.Tensor]], tuple
 
     def dpo(batch: Mapping, logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         if "ref_logprobs" not in batch:
-            raise MissingInputError(f"dpo_loss needs reference log-probabilities: pass ref_model=... to LogprobLossCB or "
+            raise MissingInputError(f"the DPO loss (make_dpo_loss) needs reference log-probabilities: pass ref_model=... to LogprobLossCB or "
                            f"forward_backward_custom, or put 'ref_logprobs' in the batch; the batch has keys "
                            f"{list(batch.keys())}")
         policy, ref = sequence_totals(logprobs), sequence_totals(batch["ref_logprobs"], "ref_logprobs")

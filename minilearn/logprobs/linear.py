@@ -19,19 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from minilearn.losses.logprobs import token_logprobs
+from minilearn.logprobs.tokens import IGNORE_INDEX, MEMORY_BUDGET_ELEMENTS, token_logprobs
 
 __all__ = ["LinearLogits", "linear_token_logprobs", "linear_tile_shape"]
 
-# About 32 MiB of float32 a tile: far below the logits of a large vocabulary, large enough that the
-# matrix products run at full speed.
-_TILE_ELEMENTS = 1 << 23
 # Narrower tiles than this and the matrix products slow down: fewer tokens a tile instead.
 _MIN_TILE_VOCAB = 1024
 
 
 def linear_tile_shape(tokens: int, vocab: int, chunk_size: int | tuple[int, int] | None = None,
-                      budget: int = _TILE_ELEMENTS) -> tuple[int, int]:
+                      budget: int = MEMORY_BUDGET_ELEMENTS) -> tuple[int, int]:
     """How many tokens and how many vocabulary entries one tile of logits holds: `(rows, cols)`.
 
     - `chunk_size=None`: chosen so that a tile holds at most about `budget` elements (32 MiB of
@@ -229,7 +226,7 @@ class LinearLogits:
 
 def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target_tokens: torch.Tensor,
                           bias: torch.Tensor | None = None, chunk_size: int | tuple[int, int] | None = None,
-                          ignore_index: int = -100) -> torch.Tensor:
+                          ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Log-probabilities of the target tokens under the logits `hidden @ weight.T + bias`, without
     ever holding those logits: `token_logprobs(LinearLogits(hidden, weight, bias), ...)`.
 

@@ -1,13 +1,19 @@
-"""Weaver's `importance_sampling` loss: weighted token log-likelihood times given importance weights."""
+"""Weaver's `importance_sampling` loss, here `ImportanceWeightedCrossEntropy`: the weighted token
+cross-entropy with each token's log-likelihood multiplied by an importance weight given as data.
+
+Not to be confused with Tinker's `importance_sampling` loss, `PolicyGradientLoss(kind="importance_sampling")`
+(`minilearn.losses.policy_gradient`): that one is a sum over tokens of the probability ratio
+`exp(lp_t - sampling_lp_t)` times the advantage, the ratio computed from the model inside the loss.
+"""
 
 import torch
 from torch import nn
 
-from minilearn.losses.logprobs import token_logprobs
+from minilearn.logprobs.tokens import IGNORE_INDEX, token_logprobs
 from minilearn.losses.tokens import check_token_values, masked_mean, token_mask, weight_normalized
 from minilearn.normalized_loss import LossTensor
 
-__all__ = ["importance_sampling_loss", "ImportanceSamplingLoss"]
+__all__ = ["importance_weighted_cross_entropy", "ImportanceWeightedCrossEntropy"]
 
 
 def _check_clip_ratio(clip_ratio: float | None) -> None:
@@ -15,9 +21,9 @@ def _check_clip_ratio(clip_ratio: float | None) -> None:
         raise ValueError(f"clip_ratio must be a positive number or None, got {clip_ratio!r}")
 
 
-def importance_sampling_loss(logits: torch.Tensor, target_tokens: torch.Tensor, weights: torch.Tensor,
+def importance_weighted_cross_entropy(logits: torch.Tensor, target_tokens: torch.Tensor, weights: torch.Tensor,
                              importance_weights: torch.Tensor, clip_ratio: float | None = None,
-                             ignore_index: int = -100) -> LossTensor:
+                             ignore_index: int = IGNORE_INDEX) -> LossTensor:
     """`-(sum w_t iw_t lp_t) / (sum w_t)`, with the importance weights `iw_t` clipped to
     `[-clip_ratio, clip_ratio]` when `clip_ratio` is set; a 0-dim `LossTensor` carrying
     `total = -(sum w_t iw_t lp_t)` and `denominator = sum w_t` (exact under accumulation and
@@ -32,7 +38,7 @@ def importance_sampling_loss(logits: torch.Tensor, target_tokens: torch.Tensor, 
     whose weight was clipped), `weight_sum`, `zero_weight_batches`.
 
     >>> logits = torch.zeros(2, 2)
-    >>> out = importance_sampling_loss(logits, torch.tensor([0, 1]), torch.ones(2), torch.tensor([0.5, 4.0]), clip_ratio=2.0)
+    >>> out = importance_weighted_cross_entropy(logits, torch.tensor([0, 1]), torch.ones(2), torch.tensor([0.5, 4.0]), clip_ratio=2.0)
     >>> round(out.item(), 4), out.metrics["clip_fraction"].item()
     (0.8664, 0.5)
     """
@@ -47,23 +53,23 @@ def importance_sampling_loss(logits: torch.Tensor, target_tokens: torch.Tensor, 
     return weight_normalized(w * clipped * lp, w, mask, metrics)
 
 
-class ImportanceSamplingLoss(nn.Module):
-    """`importance_sampling_loss` as a loss module:
+class ImportanceWeightedCrossEntropy(nn.Module):
+    """`importance_weighted_cross_entropy` as a loss module:
     `forward(logits, target_tokens, weights, importance_weights)` names the batch inputs it takes.
 
-    >>> loss = ImportanceSamplingLoss(clip_ratio=2.0)
+    >>> loss = ImportanceWeightedCrossEntropy(clip_ratio=2.0)
     >>> loss(torch.zeros(2, 2), torch.tensor([0, 1]), torch.ones(2), torch.ones(2))
     LossTensor(0.6931)
     """
 
-    def __init__(self, clip_ratio: float | None = None, ignore_index: int = -100):
+    def __init__(self, clip_ratio: float | None = None, ignore_index: int = IGNORE_INDEX):
         super().__init__()
         _check_clip_ratio(clip_ratio)
         self.clip_ratio, self.ignore_index = clip_ratio, ignore_index
 
     def forward(self, logits: torch.Tensor, target_tokens: torch.Tensor, weights: torch.Tensor,
                 importance_weights: torch.Tensor) -> LossTensor:
-        return importance_sampling_loss(logits, target_tokens, weights, importance_weights, self.clip_ratio,
+        return importance_weighted_cross_entropy(logits, target_tokens, weights, importance_weights, self.clip_ratio,
                                         self.ignore_index)
 
     def extra_repr(self) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from minilearn.losses.linear_logprobs import LinearLogits
+from minilearn.logprobs.linear import LinearLogits
 
 __all__ = ["FusedHead"]
 

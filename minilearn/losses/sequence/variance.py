@@ -4,10 +4,10 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-__all__ = ["variance_loss"]
+__all__ = ["make_variance_loss"]
 
 
-def variance_loss(weight: float = 1.0) -> Callable[[Mapping, list[torch.Tensor]], tuple[torch.Tensor, dict]]:
+def make_variance_loss(weight: float = 1.0) -> Callable[[Mapping, list[torch.Tensor]], tuple[torch.Tensor, dict]]:
     """`mean_i(l_i) + weight * var_i(l_i)`, where `l_i = -mean_t lp_{i,t}` is sequence i's mean
     negative log-likelihood and `var` the variance over the batch (dividing by B).
 
@@ -16,7 +16,7 @@ def variance_loss(weight: float = 1.0) -> Callable[[Mapping, list[torch.Tensor]]
     the others (the case where the two-pass form lets the batch outgrow memory). Each sequence needs
     at least one target. Metrics: `mean_nll` and `nll_std`.
 
-    >>> fn = variance_loss(weight=1.0)
+    >>> fn = make_variance_loss(weight=1.0)
     >>> loss, m = fn({}, [torch.tensor([-1.0, -1.0]), torch.tensor([-3.0])])
     >>> loss.item(), m["nll_std"].item()
     (3.0, 1.0)
@@ -27,7 +27,7 @@ def variance_loss(weight: float = 1.0) -> Callable[[Mapping, list[torch.Tensor]]
     def variance(batch: Mapping, logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         empty = [i for i, lp in enumerate(logprobs) if lp.numel() == 0]
         if not logprobs or empty:
-            raise ValueError(f"variance_loss needs at least one target in every sequence; "
+            raise ValueError(f"the variance loss (make_variance_loss) needs at least one target in every sequence; "
                              f"{'the batch is empty' if not logprobs else f'sequences {empty} have none'}")
         nll = torch.stack([-lp.mean() for lp in logprobs])
         var = nll.var(correction=0)

@@ -3,7 +3,7 @@
 
 A user function `fn(batch, logprobs) -> loss` or `-> (loss, metrics)` gets the batch and a list
 with one tensor of target log-probabilities a sequence, padding removed (the convention is in
-`minilearn.sequence_logprobs`). Its gradient reaches the parameters in one of two ways:
+`minilearn.logprobs.sequences`). Its gradient reaches the parameters in one of two ways:
 
 - direct: one forward pass with autograd, `fn`, and its backward;
 - two passes: the log-probabilities `lp` without a graph; `fn` on detached leaves to get
@@ -28,9 +28,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from minilearn.distributed import gather_batch, gather_sequences, world_size
 from minilearn.inputs import callable_name, model_call, select_output, signature_of, split_loss_output
-from minilearn.losses.logprobs import _target_logprobs
-from minilearn.sequence_logprobs import (IGNORE_INDEX, logprob_targets, sequence_logprobs, split_sequences,
-                                         target_positions)
+from minilearn.logprobs.sequences import logprob_targets, sequence_logprobs, split_sequences, target_positions
+from minilearn.logprobs.tokens import IGNORE_INDEX, target_logprobs
 
 __all__ = ["LogprobLossFn", "CustomLossResult", "CustomLossStep", "forward_backward_custom", "model_logits",
            "reference_logprobs", "custom_loss_step", "apply_custom_loss_gradients"]
@@ -195,7 +194,7 @@ def apply_custom_loss_gradients(learn, step: CustomLossStep, micro_batch_size: i
         # Under DDP, only the last pass all-reduces: the earlier ones add up in .grad locally first.
         quiet = isinstance(learn.model, DistributedDataParallel) and i < len(parts) - 1
         with learn.model.no_sync() if quiet else nullcontext():
-            lp = _target_logprobs(model_logits(learn, mb), step.targets[rows], IGNORE_INDEX)
+            lp = target_logprobs(model_logits(learn, mb), step.targets[rows], IGNORE_INDEX)
             g = torch.zeros_like(lp)
             g[positions[rows]] = torch.cat(step.grads[rows]).to(lp.dtype)
             # (dense, so that every pass has a graph: under DDP each process must run its backward)
@@ -210,7 +209,7 @@ def forward_backward_custom(learn, batch: Mapping, fn: LogprobLossFn, two_pass: 
     `loss.backward()`).
 
     - `batch`: a mapping with `input_ids` (and `attention_mask`) or `target_tokens`; see
-      `minilearn.sequence_logprobs` for the targets and padding.
+      `minilearn.logprobs.sequences` for the targets and padding.
     - `fn(batch, logprobs)`: `logprobs` is a list of one tensor a sequence, `(T_i,)` or `(T_i, K)`;
       returns a scalar loss or `(loss, metrics)`. With `ref_model`, `batch["ref_logprobs"]` holds its
       log-probabilities the same way; per-token `ref_logprobs` `(B, T)` in the batch are cut likewise.
@@ -218,7 +217,7 @@ def forward_backward_custom(learn, batch: Mapping, fn: LogprobLossFn, two_pass: 
       through `fn`'s graph; `micro_batch_size` sequences a pass (both passes; None: all at once).
 
     >>> from minilearn import DataLoaders, Learner
-    >>> from minilearn.models import TinyCausalLM
+    >>> from minilearn.demo.tiny_model import TinyCausalLM
     >>> learn = Learner(TinyCausalLM(20, dim=16, n_layers=1, n_heads=2, max_len=8), DataLoaders([], []))
     >>> batch = {"input_ids": torch.randint(0, 20, (4, 6))}
     >>> mean_nll = lambda batch, lps: -torch.cat(lps).mean()

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from minilearn.callback import Callback
-from minilearn.random_state import random_states, set_random_states
+from minilearn.checkpoints.random_state import random_states, set_random_states
 
 __all__ = ["TrainingPosition", "ResumeCB", "stateful_callbacks"]
 

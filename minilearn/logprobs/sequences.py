@@ -3,7 +3,8 @@
 The convention, for a mapping batch of `B` sequences (the one place it is written down):
 
 - The targets are the batch key `target_tokens`, `(B, T)` (one target a position) or `(B, T, K)`
-  (K candidate targets a position), with `ignore_index=-100` where nothing is predicted.
+  (K candidate targets a position), with `IGNORE_INDEX` (-100, `minilearn.logprobs.tokens`) where
+  nothing is predicted.
 - Without `target_tokens`, they are the next tokens of `input_ids` (`shift_targets`): position t
   predicts token t+1. With an `attention_mask`, a target counts only where both positions t and
   t+1 are real tokens, so padding (left or right) is never predicted nor predicted from.
@@ -19,11 +20,9 @@ from collections.abc import Mapping
 import torch
 
 from minilearn.exceptions import MissingInputError
-from minilearn.losses.logprobs import _target_logprobs, check_targets, shift_targets
+from minilearn.logprobs.tokens import IGNORE_INDEX, check_targets, shift_targets, target_logprobs
 
-__all__ = ["IGNORE_INDEX", "logprob_targets", "target_positions", "split_sequences", "sequence_logprobs"]
-
-IGNORE_INDEX = -100
+__all__ = ["logprob_targets", "target_positions", "split_sequences", "sequence_logprobs"]
 
 
 def logprob_targets(batch: Mapping) -> torch.Tensor:
@@ -102,4 +101,4 @@ def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> list[torch
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"a loss over log-probabilities needs model logits of shape (B, T, V), got {shape}")
     check_targets(logits, targets, IGNORE_INDEX)
-    return split_sequences(_target_logprobs(logits, targets, IGNORE_INDEX), target_positions(targets), "logprobs")
+    return split_sequences(target_logprobs(logits, targets, IGNORE_INDEX), target_positions(targets), "logprobs")

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from minilearn.losses.linear_logprobs import LinearLogits
+from minilearn.logprobs.linear import LinearLogits
 
 __all__ = ["TinyCausalLM"]
 
