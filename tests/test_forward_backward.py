@@ -109,7 +109,11 @@ def test_two_pass_equals_direct_autograd_for_random_user_functions(fn, seed, mic
     batch = lm_batch(seed=seed)
     direct, g_direct = gradient(fn, batch, two_pass=False)
     two, g_two = gradient(fn, batch, two_pass=True, micro_batch_size=micro_batch_size)
-    assert torch.allclose(g_two, g_direct, atol=1e-10, rtol=1e-10), (fn.__qualname__, (g_two - g_direct).abs().max())
+    # Relative to the gradient's largest entry: the two passes add the same float64 terms in another
+    # order, so an entry's rounding error scales with the largest terms (an `exp` of a big score makes
+    # entries of 1e14 next to entries near 0, where an elementwise rtol would ask for more than float64 has).
+    gap = (g_two - g_direct).abs().max()
+    assert gap <= 1e-10 * (1 + g_direct.abs().max()), (fn.__qualname__, gap, g_direct.abs().max())
     assert math.isclose(two.loss, direct.loss, rel_tol=1e-12, abs_tol=1e-12)
 
 
