@@ -20,8 +20,9 @@ from torch.utils.data import DataLoader
 from minilearn.callback import Callback
 from minilearn.data import DataLoaders, to_device
 from minilearn.exceptions import CancelBatchException
-from minilearn.inputs import loss_call, signature_of, store_loss
+from minilearn.inputs import SignatureCache, loss_call, store_loss
 from minilearn.logprobs.linear import LinearLogits
+from minilearn.order import Order
 
 __all__ = ["AccelerateCB", "AccelerateCustomCB", "float32_outputs"]
 
@@ -76,7 +77,7 @@ class AccelerateCB(Callback):
     of processes is refused rather than silently training unsharded.
     """
 
-    order = 20
+    order = Order.ACCELERATE
 
     def __init__(self, mixed_precision: str | None = None, gradient_accumulation_steps: int = 1,
                  max_grad_norm: float | None = None, **accelerator_kwargs: Any):
@@ -278,7 +279,7 @@ class AccelerateCustomCB(AccelerateCB):
     def __init__(self, loss: Callable, **kwargs: Any):
         super().__init__(**kwargs)
         self.loss = loss
-        self._sig = signature_of(loss)
+        self._signature = SignatureCache()
 
     def before_fit(self, learn):
         super().before_fit(learn)
@@ -287,5 +288,5 @@ class AccelerateCustomCB(AccelerateCB):
 
     def get_loss(self, learn):
         with torch.autocast(device_type=self.acc.device.type, enabled=False):
-            out = loss_call(self.loss, float32_outputs(learn.preds), learn.batch, learn.n_inp, self._sig)
+            out = loss_call(self.loss, float32_outputs(learn.preds), learn.batch, learn.n_inp, self._signature(self.loss))
         store_loss(learn, out, self.loss)

@@ -2,6 +2,7 @@
 
 from minilearn.callback import Callback
 from minilearn.exceptions import CancelFitException
+from minilearn.order import Order
 
 __all__ = ["SingleBatchCB"]
 
@@ -12,7 +13,7 @@ class SingleBatchCB(Callback):
     >>> # learn.fit(1, cbs=SingleBatchCB()); learn.preds.shape
     """
 
-    order = 100
+    order = Order.SINGLE_BATCH
 
     def after_batch(self, learn):
         raise CancelFitException()

@@ -4,6 +4,7 @@ import torch
 
 from minilearn.callback import Callback
 from minilearn.data import default_device, to_device
+from minilearn.order import Order
 
 __all__ = ["DeviceCB"]
 
@@ -15,7 +16,7 @@ class DeviceCB(Callback):
     Not needed under AccelerateCB, which places the model and batches itself.
     """
 
-    order = -10
+    order = Order.DEVICE
 
     def __init__(self, device: torch.device | str | None = None):
         self.device = torch.device(device) if device is not None else default_device()

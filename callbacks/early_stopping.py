@@ -3,6 +3,7 @@
 from minilearn.callback import Callback
 from minilearn.callbacks.monitor import Monitor
 from minilearn.exceptions import CancelFitException
+from minilearn.order import Order
 
 __all__ = ["EarlyStoppingCB"]
 
@@ -15,7 +16,7 @@ class EarlyStoppingCB(Callback):
     >>> cb = EarlyStoppingCB("valid_loss", patience=2, min_delta=1e-3)
     """
 
-    order = 65  # after MetricsCB (40); before SaveModelCB (70), so a checkpoint holds this epoch's count
+    order = Order.EARLY_STOPPING
 
     def __init__(self, monitor: str = "valid_loss", patience: int = 3, min_delta: float = 0.0, mode: str = "min"):
         if not isinstance(patience, int) or patience < 1:

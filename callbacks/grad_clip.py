@@ -3,6 +3,7 @@
 import torch
 
 from minilearn.callback import Callback
+from minilearn.order import Order
 
 __all__ = ["GradClipCB"]
 
@@ -13,7 +14,7 @@ class GradClipCB(Callback):
     for the GPU, so only do that when you need it).
     """
 
-    order = 30
+    order = Order.GRAD_CLIP
 
     def __init__(self, max_norm: float, norm_type: float = 2.0):
         self.max_norm, self.norm_type = max_norm, norm_type

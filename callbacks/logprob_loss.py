@@ -6,8 +6,10 @@ import torch
 
 from minilearn.callback import Callback
 from minilearn.callbacks.accelerate import AccelerateCB
-from minilearn.logprobs.forward_backward import (CustomLossStep, LogprobLossFn, apply_custom_loss_gradients, custom_loss_step)
+from minilearn.logprobs.forward_backward import (CustomLossStep, LogprobLossFn, apply_custom_loss_gradients,
+                                                 custom_loss_step)
 from minilearn.inputs import select_output
+from minilearn.order import Order
 
 __all__ = ["LogprobLossCB"]
 
@@ -25,7 +27,7 @@ class LogprobLossCB(Callback):
     - `ref_model`: a frozen reference model, run without grad in eval mode; `fn` finds its
       per-sequence log-probabilities in `batch["ref_logprobs"]` (for `make_dpo_loss`).
 
-    Under AccelerateCB (order 20, below this callback's 30), back-propagation goes through the
+    Under AccelerateCB (below this callback in `Order`), back-propagation goes through the
     accelerator (gradient accumulation, fp16 scaling) and, with several processes, `fn` sees the
     gathered batch and log-probabilities of every process while each process back-propagates its
     own sequences: the gradient equals one process's on the whole global batch.
@@ -34,7 +36,7 @@ class LogprobLossCB(Callback):
     >>> # learn.fit(1, cbs=LogprobLossCB(make_dpo_loss(beta=0.1), two_pass=True, micro_batch_size=4, ref_model=ref))
     """
 
-    order = 30
+    order = Order.LOGPROB_LOSS
 
     def __init__(self, fn: LogprobLossFn, two_pass: bool = False, micro_batch_size: int | None = None,
                  ref_model: torch.nn.Module | None = None):

@@ -3,7 +3,8 @@
 from collections.abc import Callable
 
 from minilearn.callback import Callback
-from minilearn.inputs import loss_call, signature_of, store_loss
+from minilearn.inputs import SignatureCache, loss_call, store_loss
+from minilearn.order import Order
 
 __all__ = ["LossCB"]
 
@@ -14,21 +15,21 @@ class LossCB(Callback):
     `loss` is called like any loss (model output first, then the batch inputs its parameters name)
     and may return a scalar, `(loss, metrics)`, a `NormalizedLoss` or a `LossTensor` (the plug-in
     losses). Passed to `fit`, it swaps the loss for that fit only: when it is removed, `get_loss`
-    goes back to `TrainCB` and `learn.loss_func`. Its `order` (10) is above TrainCB's and below AccelerateCB's, so it works
-    with `AccelerateCB` (which leaves `get_loss` alone), while `AccelerateCustomCB`, which owns
-    `get_loss` itself, takes precedence over it.
+    goes back to `TrainCB` and `learn.loss_func`. Its `order` (`Order.LOSS`) is above TrainCB's and
+    below AccelerateCB's, so it works with `AccelerateCB` (which leaves `get_loss` alone), while
+    `AccelerateCustomCB`, which owns `get_loss` itself, takes precedence over it.
 
     >>> # learn.fit(1, cbs=LossCB(KeyTokenWeightedLoss(keytoken_ids)))
     """
 
-    order = 10
+    order = Order.LOSS
 
     def __init__(self, loss: Callable):
         self.loss = loss
-        self._sig = signature_of(loss)  # read once: a signature costs more than a small step
+        self._signature = SignatureCache()
 
     def get_loss(self, learn):
-        store_loss(learn, loss_call(self.loss, learn.preds, learn.batch, learn.n_inp, self._sig), self.loss)
+        store_loss(learn, loss_call(self.loss, learn.preds, learn.batch, learn.n_inp, self._signature(self.loss)), self.loss)
 
     def __repr__(self) -> str:
         return f"{self.name}({self.loss!r}, order={self.order})"

@@ -7,6 +7,7 @@ import torch
 from minilearn.callback import Callback
 from minilearn.data import batch_size
 from minilearn.inputs import loss_call, signature_of
+from minilearn.order import Order
 
 __all__ = ["MetricsCB"]
 
@@ -26,7 +27,7 @@ class MetricsCB(Callback):
     >>> cb = MetricsCB(accuracy=accuracy)
     """
 
-    order = 40
+    order = Order.METRICS
 
     def __init__(self, **metrics: Callable):
         self.metrics = metrics

@@ -7,6 +7,7 @@ from fastprogress.core import IN_NOTEBOOK
 from fastprogress.fastprogress import master_bar, progress_bar
 
 from minilearn.callback import Callback
+from minilearn.order import Order
 
 __all__ = ["ProgressCB"]
 
@@ -23,7 +24,7 @@ class ProgressCB(Callback):
     live, in a notebook (elsewhere there is nowhere to draw it).
     """
 
-    order = 50
+    order = Order.PROGRESS
 
     def __init__(self, plot: bool = False, comment_every: float = 0.2):
         self.plot, self.comment_every = plot, comment_every

@@ -3,6 +3,7 @@
 import torch
 
 from minilearn.callback import Callback
+from minilearn.order import Order
 
 __all__ = ["Recorder"]
 
@@ -15,7 +16,7 @@ class Recorder(Callback):
     >>> # rec = Recorder(); learn.fit(3, cbs=[MetricsCB(), rec]); rec.plot_loss()
     """
 
-    order = 45
+    order = Order.RECORDER
 
     def __init__(self):
         self.lrs: list[float] = []

@@ -6,6 +6,7 @@ from pathlib import Path
 from minilearn.callback import Callback
 from minilearn.callbacks.monitor import Monitor
 from minilearn.checkpoints.files import is_checkpoint, remove_checkpoint
+from minilearn.order import Order
 
 __all__ = ["SaveModelCB"]
 
@@ -25,7 +26,7 @@ class SaveModelCB(Callback):
     True
     """
 
-    order = 70  # after MetricsCB (40) wrote the epoch metrics and EarlyStoppingCB (65) counted the epoch
+    order = Order.SAVE_MODEL
 
     def __init__(self, monitor: str = "valid_loss", every_epoch: bool = False, keep: int = 2,
                  path: str | os.PathLike = "checkpoints", mode: str = "min", with_opt: bool = True):

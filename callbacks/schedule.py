@@ -8,6 +8,7 @@ from torch.optim.lr_scheduler import LRScheduler, OneCycleLR
 
 from minilearn.callback import Callback
 from minilearn.optim import optimizer_settings, restore_optimizer_settings
+from minilearn.order import Order
 
 __all__ = ["BatchSchedCB", "OneCycleCB"]
 
@@ -23,7 +24,7 @@ class BatchSchedCB(Callback):
     >>> cb = BatchSchedCB(partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=100))
     """
 
-    order = 60
+    order = Order.SCHEDULE
 
     def __init__(self, sched_fn: Callable[[torch.optim.Optimizer], LRScheduler] | None):
         self.sched_fn = sched_fn

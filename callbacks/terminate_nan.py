@@ -6,6 +6,7 @@ import torch
 
 from minilearn.callback import Callback
 from minilearn.exceptions import CancelFitException
+from minilearn.order import Order
 
 __all__ = ["TerminateOnNaNCB"]
 
@@ -20,7 +21,7 @@ class TerminateOnNaNCB(Callback):
     >>> cb = TerminateOnNaNCB()
     """
 
-    order = -20  # before other after_loss callbacks see the bad loss
+    order = Order.TERMINATE_ON_NAN
 
     def before_fit(self, learn):
         self.message = None

@@ -10,12 +10,14 @@ from minilearn.logprobs import (IGNORE_INDEX, CustomLossResult, FusedHead, forwa
                                 sequence_logprobs)
 from minilearn.lr_finder import LRFinderCB
 from minilearn.normalized_loss import LossTensor, NormalizedLoss
+from minilearn.order import Order
 from minilearn.train import TrainCB
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Learner", "Callback", "TrainCB", "LRFinderCB", "EVENTS", "STEPS", "LOOP_STATE", "misspelt_events", "MisspeltEventWarning",
+    "Learner", "Callback", "Order", "TrainCB", "LRFinderCB", "EVENTS", "STEPS", "LOOP_STATE", "misspelt_events",
+    "MisspeltEventWarning",
     "CancelFitException", "CancelEpochException", "CancelBatchException",
     "UnknownEventError", "MissingInputError", "LossOutputError", "CheckpointError",
     "NormalizedLoss", "LossTensor", "forward_backward_custom", "CustomLossResult", "logprob_targets", "sequence_logprobs",

@@ -2,10 +2,12 @@
 
 import difflib
 import warnings
+from collections.abc import Iterable
 
 from minilearn.events import EVENTS, STEPS
 
-__all__ = ["Callback", "misspelt_events", "warn_misspelt_events", "MisspeltEventWarning"]
+__all__ = ["Callback", "listeners", "method_owner", "dispatch_table", "misspelt_events", "warn_misspelt_events",
+           "MisspeltEventWarning"]
 
 _EVENT_PREFIXES = ("before_", "after_", "cleanup_")
 
@@ -38,6 +40,44 @@ class Callback:
 
     def __repr__(self) -> str:
         return f"{self.name}(order={self.order})"
+
+
+def listeners(cbs: Iterable[Callback], event: str) -> list[Callback]:
+    """The callbacks of `cbs` that define `event`, in the order they run it (by `order`, then the
+    order of adding)."""
+    return [cb for cb in sorted(cbs, key=lambda cb: cb.order) if callable(getattr(cb, event, None))]
+
+
+def method_owner(cbs: Iterable[Callback], method: str) -> Callback | None:
+    """The callback of `cbs` that owns `method` (a step, or any method a callback may define): the one with
+    the highest `order` that defines it, the last added among equals; None when none does.
+
+    >>> class A(Callback): order = 5; step = print
+    >>> class B(Callback): order = 1; step = print
+    >>> method_owner([A(), B()], "step").name, method_owner([A()], "predict")
+    ('A', None)
+    """
+    defining = listeners(cbs, method)
+    return defining[-1] if defining else None
+
+
+def dispatch_table(cbs: Iterable[Callback]) -> str:
+    """Which callback of `cbs` owns each step and which ones listen to each event, as a table
+    (`Learner.show_cbs` prints it).
+
+    >>> class Loss(Callback): order = 10; get_loss = after_epoch = print
+    >>> print(dispatch_table([Loss()]).splitlines()[2])
+    get_loss    Loss (order 10)
+    """
+    cbs = list(cbs)
+    rows = ["step        owner"]
+    for s in STEPS:
+        cb = method_owner(cbs, s)
+        rows.append(f"{s:<11} {f'{cb.name} (order {cb.order})' if cb else '(none)'}")
+    rows += ["", "event           callbacks (in order)"]
+    rows += [f"{e:<15} {', '.join(f'{cb.name}({cb.order})' for cb in found)}" for e in EVENTS
+             if (found := listeners(cbs, e))]
+    return "\n".join(rows)
 
 
 class MisspeltEventWarning(UserWarning):

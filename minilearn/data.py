@@ -6,7 +6,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["DataLoaders", "to_device", "is_mapping", "batch_size", "default_device", "describe"]
+__all__ = ["DataLoaders", "to_device", "is_mapping", "is_per_row", "take_rows", "batch_size", "default_device",
+           "describe"]
 
 
 def default_device() -> torch.device:
@@ -71,6 +72,32 @@ def is_mapping(batch: Any) -> bool:
     """
     # The tuple check first: it is the common case, and isinstance against an ABC costs a Python call.
     return not isinstance(batch, (tuple, list)) and isinstance(batch, Mapping)
+
+
+def is_per_row(value: Any, n_rows: int) -> bool:
+    """Whether `value` holds one entry per row of a batch of `n_rows` rows (sequences, samples): a
+    tensor whose first dimension is `n_rows`. What is not (a scalar, a vocabulary-wide table) belongs
+    to the whole batch, and goes whole to every part of it.
+
+    >>> is_per_row(torch.zeros(4, 7), 4), is_per_row(torch.tensor(2.0), 4), is_per_row(torch.zeros(10), 4)
+    (True, False, False)
+    """
+    return isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == n_rows
+
+
+def take_rows(batch: Any, rows: slice, n_rows: int) -> Any:
+    """The part of `batch` (a mapping, or a tuple or list) in `rows`: every per-row tensor (see
+    `is_per_row`) cut to `rows`, anything else as it is. A mapping comes back as a dict.
+
+    >>> take_rows({"ids": torch.arange(6).view(3, 2), "scale": torch.tensor(2.0)}, slice(1, 3), 3)
+    {'ids': tensor([[2, 3],
+            [4, 5]]), 'scale': tensor(2.)}
+    """
+    def cut(v):
+        return v[rows] if is_per_row(v, n_rows) else v
+    if is_mapping(batch):
+        return {k: cut(v) for k, v in batch.items()}
+    return type(batch)(cut(v) for v in batch)
 
 
 def batch_size(batch: Any) -> int:

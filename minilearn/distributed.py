@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from minilearn.data import is_per_row
+
 __all__ = ["world_size", "rank", "all_gather_padded", "gather_sequences", "gather_batch"]
 
 
@@ -80,7 +82,7 @@ def gather_batch(batch: Mapping, n: int, pad_values: Mapping[str, float]) -> dic
         return dict(batch)
     out = {}
     for key, value in batch.items():
-        if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == n:
+        if is_per_row(value, n):
             parts = all_gather_padded(value, pad_values.get(key, 0))
             widest = tuple(max(dims) for dims in zip(*(p.shape[1:] for p in parts)))
             out[key] = torch.cat([_pad_to(p, (p.shape[0], *widest), pad_values.get(key, 0)) for p in parts])

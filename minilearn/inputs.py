@@ -18,7 +18,8 @@ from minilearn.data import is_mapping
 from minilearn.exceptions import LossOutputError, MissingInputError
 from minilearn.normalized_loss import LossTensor, NormalizedLoss
 
-__all__ = ["Signature", "signature_of", "model_call", "loss_call", "select_output", "split_loss_output",
+__all__ = ["Signature", "signature_of", "SignatureCache", "model_input_names", "model_call", "loss_call", "select_output",
+           "split_loss_output",
            "store_loss", "callable_name"]
 
 
@@ -60,6 +61,37 @@ def signature_of(f: Callable) -> Signature:
         required=tuple(p.name for p in rest if p.default is p.empty),
         takes_var_positional=any(p.kind is p.VAR_POSITIONAL for p in params),
     )
+
+
+class SignatureCache:
+    """The signature of one callable at a time, read when first asked for and again only when asked
+    about another callable: reading a signature costs more than a small training step, and a
+    callback asks for it every batch (the callable may be swapped between batches).
+
+    >>> cache = SignatureCache()
+    >>> f = lambda logits, weights: 0
+    >>> cache(f) is cache(f), cache(f).names
+    (True, ('weights',))
+    """
+
+    def __init__(self):
+        self._of: Callable | None = None
+        self._sig: Signature | None = None
+
+    def __call__(self, f: Callable) -> Signature:
+        if self._sig is None or self._of is not f:
+            self._of, self._sig = f, signature_of(f)
+        return self._sig
+
+
+def model_input_names(sig: Signature) -> tuple[str, ...]:
+    """The keys of a mapping batch that go to a model whose `forward` has the signature `sig`: the
+    names of all its parameters.
+
+    >>> model_input_names(signature_of(lambda input_ids, attention_mask=None: 0))
+    ('input_ids', 'attention_mask')
+    """
+    return ((sig.first,) if sig.first else ()) + sig.names
 
 
 def _keys(batch: Mapping) -> list[str]:

@@ -1,8 +1,7 @@
 """The Learner: a training loop that does nothing but call its callbacks."""
 
-import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -10,18 +9,17 @@ from typing import Any
 import torch
 from accelerate.utils import extract_model_from_parallel
 from fastcore.basics import store_attr
+from fastcore.meta import delegates
 from fastcore.foundation import L
 
-from minilearn.callback import Callback, warn_misspelt_events
-from minilearn.logprobs.forward_backward import CustomLossResult, LogprobLossFn, forward_backward_custom
-from minilearn.checkpoints.files import check_weights, read_checkpoint, save_checkpoint
-from minilearn.data import describe
+from minilearn.callback import Callback, dispatch_table, listeners, method_owner, warn_misspelt_events
+from minilearn.checkpoints.learner_state import load_learner, save_learner
+from minilearn.checkpoints.resume import TrainingPosition, resume_callback
 from minilearn.events import EVENTS, STEPS, TRAIN_BATCH, VALID_BATCH
-from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException, CheckpointError,
-                                  UnknownEventError)
-from minilearn.lr_finder import LRFinderCB
-from minilearn.checkpoints.random_state import random_states
-from minilearn.checkpoints.resume import ResumeCB, TrainingPosition, stateful_callbacks
+from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException, UnknownEventError,
+                                  loop_note, where_in_fit)
+from minilearn.logprobs.forward_backward import CustomLossResult, LogprobLossFn, forward_backward_custom
+from minilearn.lr_finder import lr_find
 from minilearn.train import TrainCB
 
 __all__ = ["Learner"]
@@ -105,16 +103,11 @@ class Learner:
     def _build_dispatch(self) -> None:
         # Done once per change of the callback list, so a batch never searches for its handlers.
         ordered = sorted(self.cbs, key=lambda cb: cb.order)  # stable: ties keep the order of adding
-        self._owners: dict[str, Callback | None] = {s: None for s in STEPS}
-        for cb in ordered:  # later (higher order) callbacks overwrite earlier ones
-            for s in STEPS:
-                if callable(getattr(cb, s, None)):
-                    self._owners[s] = cb
+        self._owners: dict[str, Callback | None] = {s: method_owner(ordered, s) for s in STEPS}
         # What each event or step runs, as (name, handler, callback) triples; a step runs like an event
         # with one handler, its owner's method. A batch runs its names' triples end to end, so an event
         # nobody listens to adds nothing to it.
-        self._plans = {e: tuple((e, getattr(cb, e), cb) for cb in ordered if callable(getattr(cb, e, None)))
-                       for e in EVENTS}
+        self._plans = {e: tuple((e, getattr(cb, e), cb) for cb in listeners(ordered, e)) for e in EVENTS}
         self._plans.update({s: ((s, getattr(cb, s) if cb else _no_owner(s), cb),) for s, cb in self._owners.items()})
         self._batch_plans = {training: sum((self._plans[n] for n in (TRAIN_BATCH if training else VALID_BATCH)), ())
                              for training in (True, False)}
@@ -125,11 +118,8 @@ class Learner:
         return dict(self._owners)
 
     def callback(self, event: str) -> None:
-        """Run the `event` method of every callback that has one, in `order` (for a step, the method
-        of the callback that owns it).
-
-        An exception raised by one (other than the Cancel* ones) keeps its type and gets a note naming
-        the callback, the event, and where in the fit it happened."""
+        """Run the `event` method of every callback that has one, in `order` (for a step, the method of
+        its owner). An exception (other than the Cancel* ones) gets a note saying where it came from."""
         try:
             plan = self._plans[event]
         except KeyError:
@@ -143,30 +133,12 @@ class Learner:
         except _CANCELS:
             raise
         except Exception as exc:
-            # check_callback reads this note back (minilearn.testing.callback_checks._LOOP_NOTE).
-            owner = cb.name if cb else "no callback"
-            self._add_note(exc, f"the step {name} (owned by {owner})" if name in STEPS else f"callback {owner}", name)
+            exc.add_note(loop_note(cb.name if cb else None, name, name in STEPS, where_in_fit(self, name)))
             raise
-
-    def _add_note(self, exc: Exception, who: str, event: str) -> None:
-        where = ""
-        if not event.endswith("_fit"):
-            where = f" in epoch {self.epoch} ({'training' if self.training else 'validation'}"
-            batch = describe(self.batch)
-            where += ")" if event.endswith("_epoch") else f" batch {self.iter}; batch: {batch})"
-        if event in ("get_loss", "after_predict", "after_loss") and self.preds is not None:
-            where += f"; model output: {describe(self.preds)}"
-        exc.add_note(f"minilearn: raised by {who} at {event}{where}")
 
     def show_cbs(self) -> None:
         """Print which callback owns each step and which callbacks listen to each event."""
-        print("step        owner")
-        for s, cb in self._owners.items():
-            print(f"{s:<11} {f'{cb.name} (order {cb.order})' if cb else '(none)'}")
-        print("\nevent           callbacks (in order)")
-        for e in EVENTS:
-            if plan := self._plans[e]:
-                print(f"{e:<15} {', '.join(f'{cb.name}({cb.order})' for _, _, cb in plan)}")
+        print(dispatch_table(self.cbs))
 
     # ---- the five steps: each runs in the one callback that owns it -----------------------------
 
@@ -178,20 +150,24 @@ class Learner:
 
     # ---- losses over log-probabilities, a batch at a time (Tinker style) ----------------------
 
-    def forward_backward_custom(self, batch: dict, fn: LogprobLossFn, two_pass: bool = False,
-                                micro_batch_size: int | None = None,
-                                ref_model: torch.nn.Module | None = None) -> CustomLossResult:
-        """Compute `fn(batch, logprobs)` and leave its gradient in the parameters; see
-        `minilearn.logprobs.forward_backward.forward_backward_custom`. Apply it with `optim_step()`."""
-        return forward_backward_custom(self, batch, fn, two_pass, micro_batch_size, ref_model)
+    @delegates(forward_backward_custom)
+    def forward_backward_custom(self, batch: Mapping, fn: LogprobLossFn, **kwargs) -> CustomLossResult:
+        """Tinker's `forward_backward_custom`: `fn(batch, logprobs)`'s gradient left in the parameters
+        (`minilearn.logprobs.forward_backward`); `optim_step()` applies it."""
+        return forward_backward_custom(self, batch, fn, **kwargs)
 
     def optim_step(self) -> None:
-        """Apply the gradients in the parameters, then clear them: the `step` and `zero_grad` steps
-        (through the callbacks that own them). Builds the optimizer first if there is none yet."""
-        if self.opt is None:
-            self.opt = self.opt_func(self.model.parameters(), lr=self.lr)
+        """Apply the gradients in the parameters and clear them (the `step` and `zero_grad` steps)."""
+        self.create_opt()
         self.step()
         self.zero_grad()
+
+    def create_opt(self, fresh: bool = False) -> torch.optim.Optimizer:
+        """The optimizer, built by `opt_func(model.parameters(), lr=lr)` if there is none yet (or `fresh`):
+        the one place one is built (by `fit`, `optim_step`, `load`)."""
+        if self.opt is None or fresh:
+            self.opt = self.opt_func(self.model.parameters(), lr=self.lr)
+        return self.opt
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -240,34 +216,25 @@ class Learner:
             valid: bool = True, reset_opt: bool = False, resume: str | os.PathLike | None = None) -> None:
         """Train for `n_epochs`, each a training pass then a validation pass.
 
-        `cbs` are added for this call only, and leave the learner as they found it (see
-        `Callback.removed`). `lr` replaces `learn.lr` from now on; every fit starts with the
-        optimizer's learning rate at `learn.lr` (a schedule then sets it batch by batch). The optimizer
-        is kept between calls (momentum and all); `reset_opt=True` builds a fresh one.
-
+        `cbs` are added for this call only, and leave the learner as they found it (`Callback.removed`).
+        `lr` replaces `learn.lr`; every fit starts at `learn.lr` (a schedule then sets it batch by batch).
+        The optimizer is kept between calls (momentum and all); `reset_opt=True` builds a fresh one.
         `resume`: a checkpoint saved (`save`, `SaveModelCB`) during a fit called like this one (same
-        `n_epochs`, data and callbacks). The fit goes on from where it was saved, also mid-epoch, and
-        ends with the weights the uninterrupted fit would have had, bit for bit (with deterministic
-        ops). `None` starts from the beginning.
+        `n_epochs`, data and callbacks); it goes on from there, also mid-epoch, and ends with the weights
+        the uninterrupted fit would have had, bit for bit (with deterministic ops).
         """
         if not isinstance(n_epochs, int) or n_epochs < 0:
             raise ValueError(f"n_epochs must be a whole number >= 0, got {n_epochs!r}")
         first_epoch = 0
         if resume is not None:  # read and checked before anything changes
-            state, weights = read_checkpoint(resume)
-            if "opt" not in state:
-                raise CheckpointError(f"the checkpoint {resume} was saved with with_opt=False: without the optimizer "
-                                      f"state a fit cannot resume exactly; use learn.load(path) and fit afresh")
-            first_epoch = state["position"]["epoch"]
-            cbs = [*L(cbs), ResumeCB(resume, state, weights)]
+            resumer = resume_callback(resume)
+            first_epoch, cbs = resumer.first_epoch, [*L(cbs), resumer]
         was_training = self.model.training
         with self.added_cbs(cbs):
             try:
                 if lr is not None:
                     self.lr = lr
-                if self.opt is None or reset_opt:
-                    self.opt = self.opt_func(self.model.parameters(), lr=self.lr)
-                for group in self.opt.param_groups:
+                for group in self.create_opt(fresh=reset_opt).param_groups:
                     group["lr"] = self.lr
                 self.n_epochs, self.epochs = n_epochs, range(first_epoch, n_epochs)
                 self._with_events("fit", lambda: self._fit(train, valid), CancelFitException)
@@ -276,54 +243,18 @@ class Learner:
                 # A fit stopped between backward and zero_grad would leave gradients for the next one to add to.
                 self.model.zero_grad(set_to_none=True)
 
-    # ---- checkpoints ------------------------------------------------------------------------------
+    # ---- checkpoints and tools built on fit: each delegates to the module that does the work ----------
 
     def save(self, path: str | os.PathLike, with_opt: bool = True) -> Path:
-        """Save a checkpoint directory at `path`: the model's weights (safetensors) and, as plain data,
-        the optimizer state (when `with_opt`), the state of callbacks that keep one (schedules,
-        `SaveModelCB`, `EarlyStoppingCB`), the position in the fit and the random states, so that
-        `fit(..., resume=path)` continues exactly. The write is atomic: if it is interrupted, the
-        checkpoint that was at `path` before is left intact.
-
-        Called from a callback, it records the fit's position: within a training batch, that batch
-        counts as done; after the training pass, the fit resumes at the next epoch.
-
-        >>> import tempfile
-        >>> from minilearn import DataLoaders
-        >>> learn = Learner(torch.nn.Linear(2, 1), DataLoaders([], []), torch.nn.functional.mse_loss)
-        >>> path = learn.save(Path(tempfile.mkdtemp()) / "ckpt")
-        >>> learn.load(path)
-        """
-        state = {"position": self.position.resume_point(self.epoch, self.training),
-                 "random": random_states(self.dls.train),
-                 "callbacks": {k: cb.state_dict() for k, cb in stateful_callbacks(self.cbs).items()}}
-        if with_opt and self.opt is not None:
-            state["opt"] = self.opt.state_dict()
-        return save_checkpoint(path, self.unwrapped_model, state)
+        """Save a checkpoint directory at `path`, atomically, for `load` or `fit(resume=path)`: weights,
+        optimizer (when `with_opt`), callbacks' states, position in the fit, random states
+        (`minilearn.checkpoints.learner_state.save_learner`)."""
+        return save_learner(self, path, with_opt)
 
     def load(self, path: str | os.PathLike, with_opt: bool = True) -> None:
-        """Load a checkpoint written by `save`: the weights, the optimizer state (when `with_opt`; the
-        optimizer is built if there is none yet) and the state of the callbacks present that keep one.
-        Raises `CheckpointError`, changing nothing, when the checkpoint is missing, corrupted, holds
-        pickled objects, or does not fit the model or optimizer."""
-        self.restore(*read_checkpoint(path), path, with_opt)
-
-    def restore(self, state: dict, weights: dict, source: str | os.PathLike, with_opt: bool = True) -> None:
-        """Put a checkpoint read by `minilearn.checkpoints.files.read_checkpoint` into the learner (see `load`)."""
-        model = self.unwrapped_model
-        check_weights(model, weights, source)
-        if with_opt and "opt" in state:
-            opt = self.opt or self.opt_func(model.parameters(), lr=self.lr)
-            try:
-                opt.load_state_dict(state["opt"])  # checks the parameter groups before it changes anything
-            except (ValueError, KeyError) as e:
-                raise CheckpointError(f"the optimizer state in {source} does not fit {type(opt).__name__}: {e}") from None
-            self.opt = opt
-        model.load_state_dict(weights, strict=False)  # checked above; tied weights are stored once
-        cb_states = state.get("callbacks", {})
-        for key, cb in stateful_callbacks(self.cbs).items():
-            if key in cb_states:
-                cb.load_state_dict(cb_states[key])
+        """Load a checkpoint written by `save`, or raise `CheckpointError` changing nothing
+        (`minilearn.checkpoints.learner_state.load_learner`)."""
+        load_learner(self, path, with_opt)
 
     @property
     def unwrapped_model(self) -> torch.nn.Module:
@@ -331,41 +262,7 @@ class Learner:
         the user's own module, whose weights a checkpoint holds. `model` itself when there are none."""
         return extract_model_from_parallel(self.model)
 
-    # ---- state saved by a callback that knows how (AccelerateCB) ---------------------------------
-
-    def _state_owner(self, method: str) -> Callback:
-        owners = [cb for cb in sorted(self.cbs, key=lambda cb: cb.order) if callable(getattr(cb, method, None))]
-        if not owners:
-            raise RuntimeError(f"no callback can {method.replace('_', ' ')}: add AccelerateCB()")
-        return owners[-1]
-
-    def save_state(self, path) -> None:
-        """Save the full training state (model, optimizer, RNGs, scaler) through the callback that
-        owns it (AccelerateCB: `Accelerator.save_state`)."""
-        self._state_owner("save_state").save_state(path)
-
-    def load_state(self, path) -> None:
-        """Load what `save_state` wrote, through the same callback."""
-        self._state_owner("load_state").load_state(path)
-
-    # ---- tools built on fit ----------------------------------------------------------------------
-
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
                 show_plot: bool = True) -> float:
-        """Train for up to `num_it` batches with the learning rate growing exponentially from
-        `start_lr` to `end_lr`, stop when the loss blows up, and return a suggested learning rate
-        (where the smoothed loss falls fastest). The model and optimizer are restored afterwards."""
-        had_opt = self.opt is not None
-        finder = LRFinderCB(start_lr, end_lr, num_it)
-        try:
-            n_batches = len(self.dls.train)
-        except TypeError:
-            n_batches = 1
-        try:
-            self.fit(math.ceil(num_it / max(n_batches, 1)), cbs=finder, valid=False)
-        finally:
-            if not had_opt:
-                self.opt = None
-        if show_plot:
-            finder.plot()
-        return finder.suggestion()
+        """The learning-rate range test (`minilearn.lr_finder.lr_find`); returns the suggested lr."""
+        return lr_find(self, start_lr, end_lr, num_it, show_plot)

@@ -1,12 +1,13 @@
-"""LRFinderCB: the learning-rate range test behind `Learner.lr_find`."""
+"""The learning-rate range test behind `Learner.lr_find`: `LRFinderCB` and `lr_find`."""
 
 import copy
 import math
 
 from minilearn.callback import Callback
 from minilearn.exceptions import CancelFitException
+from minilearn.order import Order
 
-__all__ = ["LRFinderCB"]
+__all__ = ["LRFinderCB", "lr_find"]
 
 
 class LRFinderCB(Callback):
@@ -17,7 +18,7 @@ class LRFinderCB(Callback):
     Use it through `learn.lr_find()`; `lrs` and `losses` hold what it recorded.
     """
 
-    order = 10
+    order = Order.LR_FINDER
 
     def __init__(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, stop_factor: float = 4.0):
         if not 0 < start_lr < end_lr:
@@ -84,3 +85,23 @@ class LRFinderCB(Callback):
             ax.axvline(self.suggestion(), color="red", linestyle="--", label=f"suggested lr {self.suggestion():.2e}")
             ax.legend()
         return ax
+
+
+def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, show_plot: bool = True) -> float:
+    """Run `LRFinderCB` on `learn` for up to `num_it` training batches (as many epochs as that takes),
+    then return its suggested learning rate; see `Learner.lr_find`. A learner that had no optimizer
+    has none again afterwards."""
+    had_opt = learn.opt is not None
+    finder = LRFinderCB(start_lr, end_lr, num_it)
+    try:
+        n_batches = len(learn.dls.train)
+    except TypeError:  # an iterable without a length: one batch an epoch is the safe guess
+        n_batches = 1
+    try:
+        learn.fit(math.ceil(num_it / max(n_batches, 1)), cbs=finder, valid=False)
+    finally:
+        if not had_opt:
+            learn.opt = None
+    if show_plot:
+        finder.plot()
+    return finder.suggestion()

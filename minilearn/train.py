@@ -3,7 +3,8 @@
 from collections.abc import Sequence
 
 from minilearn.callback import Callback
-from minilearn.inputs import Signature, loss_call, model_call, signature_of, store_loss
+from minilearn.inputs import SignatureCache, loss_call, model_call, model_input_names, store_loss
+from minilearn.order import Order
 
 __all__ = ["TrainCB"]
 
@@ -20,28 +21,15 @@ class TrainCB(Callback):
     (default: the keys its `forward` names).
     """
 
-    order = 0
+    order = Order.TRAIN
 
     def __init__(self, model_inputs: Sequence[str] | None = None):
         self.model_inputs = tuple(model_inputs) if model_inputs is not None else None
-        # Reading a signature costs more than a tiny training step, so keep the last one read.
-        self._loss_sig: tuple[object, Signature] | None = None
-        self._model_sig: tuple[object, Signature] | None = None
-
-    def loss_signature(self, loss_func) -> Signature:
-        """The signature of `loss_func`, read once and then reused while the loss stays the same."""
-        if self._loss_sig is None or self._loss_sig[0] is not loss_func:
-            self._loss_sig = (loss_func, signature_of(loss_func))
-        return self._loss_sig[1]
+        self._loss_signature, self._model_signature = SignatureCache(), SignatureCache()
 
     def model_input_names(self, model) -> tuple[str, ...]:
         """The keys of a mapping batch that go to `model`: `model_inputs`, else those its `forward` names."""
-        if self.model_inputs is not None:
-            return self.model_inputs
-        if self._model_sig is None or self._model_sig[0] is not model:
-            self._model_sig = (model, signature_of(model))
-        sig = self._model_sig[1]
-        return ((sig.first,) if sig.first else ()) + sig.names
+        return self.model_inputs if self.model_inputs is not None else model_input_names(self._model_signature(model))
 
     def predict(self, learn):
         learn.preds = model_call(learn.model, learn.batch, learn.n_inp, self.model_input_names(learn.model))
@@ -50,7 +38,7 @@ class TrainCB(Callback):
         if learn.loss_func is None:
             raise ValueError("the Learner has no loss_func: pass one to Learner(...), or add a callback "
                              "that owns get_loss (for example LossCB(loss) or AccelerateCustomCB(loss))")
-        out = loss_call(learn.loss_func, learn.preds, learn.batch, learn.n_inp, self.loss_signature(learn.loss_func))
+        out = loss_call(learn.loss_func, learn.preds, learn.batch, learn.n_inp, self._loss_signature(learn.loss_func))
         store_loss(learn, out, learn.loss_func)
 
     def backward(self, learn):

@@ -113,3 +113,12 @@ def test_readme_fault_table_cites_tests_that_exist():
     assert len(cited) >= 15
     for file, name in cited:
         assert f"def {name}(" in (ROOT / "tests" / file).read_text(), f"{file}::{name}"
+
+
+def test_the_readme_layout_names_every_core_module_and_every_folder():
+    layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    core = [p.name for p in (ROOT / "minilearn").glob("*.py") if p.stem not in ("__init__", "__main__")]
+    folders = [p.name + "/" for p in (ROOT / "minilearn").iterdir() if (p / "__init__.py").exists()]
+    modules = [p.name for p in (ROOT / "minilearn").glob("*/*.py") if p.stem != "__init__"]
+    missing = [name for name in core + folders + modules if name not in layout]
+    assert not missing, f"the README's layout leaves out {missing}"

@@ -1,13 +1,16 @@
 """Checkpoints: the files (`files`: atomic, checksummed, no pickled objects), the random states that
-decide a run (`random_state`), and resuming a fit exactly where it was saved (`resume`), on which
-`Learner.save`, `Learner.load` and `fit(resume=...)` are built.
+decide a run (`random_state`), what a learner puts in a checkpoint and takes out (`learner_state`:
+`Learner.save` and `Learner.load`), and going on with a fit exactly where it was saved (`resume`:
+`fit(resume=...)`).
 """
 
 from minilearn.checkpoints.files import (MANIFEST, atomic_write, check_weights, is_checkpoint, read_checkpoint,
                                          remove_checkpoint, save_checkpoint)
 from minilearn.checkpoints.random_state import loader_generators, random_states, set_random_states
-from minilearn.checkpoints.resume import ResumeCB, TrainingPosition, stateful_callbacks
+from minilearn.checkpoints.learner_state import load_learner, restore_learner, save_learner, stateful_callbacks
+from minilearn.checkpoints.resume import ResumeCB, TrainingPosition, resume_callback
 
 __all__ = ["MANIFEST", "atomic_write", "save_checkpoint", "read_checkpoint", "check_weights", "is_checkpoint",
            "remove_checkpoint", "loader_generators", "random_states", "set_random_states",
-           "TrainingPosition", "ResumeCB", "stateful_callbacks"]
+           "TrainingPosition", "ResumeCB", "resume_callback", "stateful_callbacks", "save_learner", "load_learner",
+           "restore_learner"]

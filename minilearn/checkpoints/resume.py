@@ -8,13 +8,18 @@ seeds and any random augmentation in the dataset replay exactly), and then the s
 of the save are set.
 """
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 from minilearn.callback import Callback
+from minilearn.checkpoints.files import read_checkpoint
+from minilearn.checkpoints.learner_state import restore_learner, stateful_callbacks
 from minilearn.checkpoints.random_state import random_states, set_random_states
+from minilearn.exceptions import CheckpointError
+from minilearn.order import Order
 
-__all__ = ["TrainingPosition", "ResumeCB", "stateful_callbacks"]
+__all__ = ["TrainingPosition", "ResumeCB", "resume_callback"]
 
 
 class TrainingPosition:
@@ -70,25 +75,20 @@ class TrainingPosition:
         self._resume = None
 
 
-def stateful_callbacks(cbs: list[Callback]) -> dict[str, Callback]:
-    """The callbacks that keep state in a checkpoint (they define `state_dict` and `load_state_dict`),
-    by a key made of the class name, numbered when a class appears more than once: `OneCycleCB`,
-    `EarlyStoppingCB`, `SaveModelCB.1`, ..."""
-    found = [cb for cb in sorted(cbs, key=lambda cb: cb.order)
-             if callable(getattr(cb, "state_dict", None)) and callable(getattr(cb, "load_state_dict", None))]
-    names = [cb.name for cb in found]
-    return {(n if names.count(n) == 1 else f"{n}.{names[:i].count(n)}"): cb for i, (n, cb) in enumerate(zip(names, found))}
-
-
 class ResumeCB(Callback):
     """Added by `fit(resume=path)` for that fit: once every other callback's `before_fit` has run (so
     schedules exist and AccelerateCB has prepared the model and optimizer), loads the checkpoint's
     weights, optimizer and callback states, and sets the random states and data position."""
 
-    order = 1000
+    order = Order.RESUME
 
     def __init__(self, path, state: dict, weights: dict):
         self.path, self.state, self.weights = path, state, weights
+
+    @property
+    def first_epoch(self) -> int:
+        """The epoch the resumed fit starts at."""
+        return self.state["position"]["epoch"]
 
     def before_fit(self, learn):
         saved = set(self.state["callbacks"])
@@ -96,8 +96,19 @@ class ResumeCB(Callback):
         if saved != present:
             raise ValueError(f"the checkpoint {self.path} holds the state of the callbacks {sorted(saved)}, but this "
                              f"fit has {sorted(present)}: resume with the callbacks of the run that saved it")
-        learn.restore(self.state, self.weights, self.path)
+        restore_learner(learn, self.state, self.weights, self.path)
         learn.position.resume_at(self.state["position"], self.state["random"], learn.dls.train)
 
     def cleanup_fit(self, learn):
         learn.position.forget_resume()
+
+
+def resume_callback(path: str | os.PathLike) -> ResumeCB:
+    """The callback that makes a fit resume from the checkpoint at `path` (`fit(resume=path)`); the
+    checkpoint is read and checked now, before the fit changes anything. Its `first_epoch` is where
+    the fit goes on."""
+    state, weights = read_checkpoint(path)
+    if "opt" not in state:
+        raise CheckpointError(f"the checkpoint {path} was saved with with_opt=False: without the optimizer "
+                              f"state a fit cannot resume exactly; use learn.load(path) and fit afresh")
+    return ResumeCB(path, state, weights)

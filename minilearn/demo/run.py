@@ -13,11 +13,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from minilearn.callback import Callback
-from minilearn.demo.corpus import CodeTokenizer, lm_chunks, python_sources
 from minilearn.data import DataLoaders
+from minilearn.demo.corpus import CodeTokenizer, lm_chunks, python_sources
+from minilearn.demo.tiny_model import TinyCausalLM
 from minilearn.learner import Learner
 from minilearn.losses import KeyTokenWeightedLoss
-from minilearn.demo.tiny_model import TinyCausalLM
 
 __all__ = ["lm_batch", "next_token_scores", "key_token_accuracy", "NextTokenScoreCB", "run_demo"]
 

@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from minilearn.data import take_rows
 from minilearn.distributed import gather_batch, gather_sequences, world_size
-from minilearn.inputs import callable_name, model_call, select_output, signature_of, split_loss_output
+from minilearn.inputs import (callable_name, model_call, model_input_names, select_output, signature_of,
+                              split_loss_output)
 from minilearn.logprobs.sequences import logprob_targets, sequence_logprobs, split_sequences, target_positions
 from minilearn.logprobs.tokens import IGNORE_INDEX, target_logprobs
 
@@ -75,10 +77,8 @@ def _check_micro_batch_size(micro_batch_size: int | None, two_pass: bool) -> Non
 
 
 def _micro_batches(batch: Mapping, n: int, size: int | None) -> list[tuple[slice, dict]]:
-    # Every tensor with one row a sequence is cut; anything else goes whole to every micro-batch.
     step = size or n
-    return [(rows, {k: v[rows] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v
-                    for k, v in batch.items()}) for rows in (slice(i, i + step) for i in range(0, n, step))]
+    return [(rows, take_rows(batch, rows, n)) for rows in (slice(i, i + step) for i in range(0, n, step))]
 
 
 def model_logits(learn, batch: Mapping) -> torch.Tensor:
@@ -104,8 +104,7 @@ def reference_logprobs(ref_model: torch.nn.Module, batch: Mapping, targets: torc
                        micro_batch_size: int | None = None, n_inp: int = 1) -> list[torch.Tensor]:
     """Per-sequence target log-probabilities under a frozen `ref_model`: eval mode, no gradient,
     in micro-batches of `micro_batch_size` sequences. It gets the keys its `forward` names."""
-    sig = signature_of(ref_model)
-    names = ((sig.first,) if sig.first else ()) + sig.names
+    names = model_input_names(signature_of(ref_model))
     was_training = ref_model.training
     ref_model.eval()
     try:
@@ -217,7 +216,7 @@ def forward_backward_custom(learn, batch: Mapping, fn: LogprobLossFn, two_pass: 
       through `fn`'s graph; `micro_batch_size` sequences a pass (both passes; None: all at once).
 
     >>> from minilearn import DataLoaders, Learner
-    >>> from minilearn.demo.tiny_model import TinyCausalLM
+    >>> from minilearn.demo import TinyCausalLM
     >>> learn = Learner(TinyCausalLM(20, dim=16, n_layers=1, n_heads=2, max_len=8), DataLoaders([], []))
     >>> batch = {"input_ids": torch.randint(0, 20, (4, 6))}
     >>> mean_nll = lambda batch, lps: -torch.cat(lps).mean()

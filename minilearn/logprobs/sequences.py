@@ -19,6 +19,7 @@ from collections.abc import Mapping
 
 import torch
 
+from minilearn.data import is_mapping
 from minilearn.exceptions import MissingInputError
 from minilearn.logprobs.tokens import IGNORE_INDEX, check_targets, shift_targets, target_logprobs
 
@@ -32,7 +33,7 @@ def logprob_targets(batch: Mapping) -> torch.Tensor:
     >>> logprob_targets({"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.tensor([[1, 1, 0]])})
     tensor([[   6, -100, -100]])
     """
-    if not isinstance(batch, Mapping):
+    if not is_mapping(batch):
         raise TypeError(f"a loss over log-probabilities needs a mapping batch (with 'input_ids' or "
                         f"'target_tokens'), got a {type(batch).__name__}")
     if "target_tokens" in batch:

@@ -2,7 +2,6 @@
 speaks the loop's language, which steps it takes over, and whether it leaves the loop as it found it."""
 
 import inspect
-import re
 import warnings
 from itertools import islice
 from typing import Any
@@ -12,7 +11,9 @@ import torch
 from minilearn.callback import Callback, MisspeltEventWarning, misspelt_events
 from minilearn.data import DataLoaders
 from minilearn.events import EVENTS, STEPS
+from minilearn.exceptions import raised_by
 from minilearn.learner import Learner
+from minilearn.order import Order
 from minilearn.testing.fingerprint import learner_fingerprint, left_behind
 from minilearn.testing.report import CheckReport
 from minilearn.testing.tiny import tiny_learner
@@ -77,7 +78,7 @@ class _LoopObserver(Callback):
     """Looks at the loop after every other callback has run, at each event of a batch, and keeps the
     first time the model's mode or the gradient switch disagrees with the phase."""
 
-    order = 10_000
+    order = Order.CHECK_RECORDER
 
     def __init__(self):
         self.broken: dict[str, str] = {}
@@ -105,20 +106,12 @@ class _LoopObserver(Callback):
     def after_batch(self, learn): self._look(learn, "after_batch")
 
 
-# The note the Learner adds to an exception raised in the loop (see Learner._run).
-_LOOP_NOTE = re.compile(r"minilearn: raised by (?:callback (?P<cb>\S+)|the step \w+ \(owned by (?P<owner>[^)]+)\)) "
-                        r"at (?P<event>\w+)")
-
-
 def _origin(exc: BaseException, learn: Learner) -> str:
     """Where in the loop `exc` came from: the event or step the Learner was running and the callback
     method it was calling then, read from the note the Learner adds to the exception."""
-    event = method = None
-    for note in getattr(exc, "__notes__", ()):  # the first is the innermost: a fit run inside a callback adds more
-        if found := _LOOP_NOTE.match(note):
-            event, owner = found["event"], found["cb"] or found["owner"]
-            method = None if owner == "no callback" else f"{owner}.{event}"
-            break
+    origin = raised_by(exc)
+    event = origin.event if origin else None
+    method = f"{origin.callback}.{event}" if origin and origin.callback else None
     where = f"during {event}" if event else "in fit"
     if event in _BATCH_PHASE:
         where += f" of {'training' if learn.training else 'validation'} batch {learn.iter}"

@@ -2,7 +2,7 @@
 right and what is wrong with it, before a grader or a long training run finds out."""
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from typing import Any
 
@@ -13,11 +13,12 @@ from torch.autograd.gradcheck import GradcheckError
 
 from minilearn.callback import Callback
 from minilearn.callbacks import AccelerateCustomCB, LossCB
-from minilearn.data import DataLoaders
+from minilearn.data import DataLoaders, is_mapping, take_rows
 from minilearn.exceptions import LossOutputError, MissingInputError
 from minilearn.inputs import Signature, callable_name, loss_call, signature_of, split_loss_output
 from minilearn.learner import Learner
 from minilearn.normalized_loss import LossTensor, NormalizedLoss
+from minilearn.order import Order
 from minilearn.testing.report import CheckReport
 
 __all__ = ["check_loss", "sample_preds", "LOSS_CHECKS"]
@@ -47,7 +48,7 @@ def _error(e: BaseException) -> str:
 def _bindings(sig: Signature, preds: torch.Tensor, batch: Any, n_inp: int) -> str:
     """Which argument of the loss gets what, e.g. `logits <- preds (4, 6, 11); weights <- batch['weights'] (4, 6)`."""
     parts = [f"{sig.first or 'its first argument'} <- preds {_shape(preds)}"]
-    if isinstance(batch, Mapping):
+    if is_mapping(batch):
         parts += [f"{k} <- batch[{k!r}] {_shape(batch[k])}" for k in sig.names if k in batch]
     else:
         parts += [f"{k} <- batch[{i}] {_shape(batch[i])}" for i, k in enumerate(sig.names, start=n_inp) if i < len(batch)]
@@ -55,7 +56,7 @@ def _bindings(sig: Signature, preds: torch.Tensor, batch: Any, n_inp: int) -> st
 
 
 def _named_inputs(sig: Signature, batch: Any, n_inp: int) -> list[Any]:
-    if isinstance(batch, Mapping):
+    if is_mapping(batch):
         return [batch[k] for k in sig.names if k in batch]
     return list(batch[n_inp:])
 
@@ -100,15 +101,6 @@ def _relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(torch.finfo(b.dtype).tiny)).item()
 
 
-def _rows(batch: Any, n_rows: int, rows: slice) -> Any:
-    """`batch` with every tensor whose first dimension has `n_rows` entries cut to `rows`."""
-    def cut(v):
-        return v[rows] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n_rows else v
-    if isinstance(batch, Mapping):
-        return {k: cut(v) for k, v in batch.items()}
-    return type(batch)(cut(v) for v in batch)
-
-
 class _PredsModel(nn.Module):
     """Stands in for a model whose output is `preds`: the gradient of a training step on its one
     parameter is the gradient of the loss with respect to the model output."""
@@ -125,7 +117,7 @@ class _ServePreds(Callback):
     """Owns `predict`: micro-batch `i` gets the rows `row_slices[i]` of the stand-in model's
     output. Keeps the gradient the optimizer step sees."""
 
-    order = 1
+    order = Order.CHECK_PREDICT
 
     def __init__(self, param: nn.Parameter, row_slices: list[slice]):
         self.param, self.row_slices, self.grad = param, row_slices, None
@@ -159,7 +151,7 @@ def _step_gradient(preds: torch.Tensor, batch: Any, n_parts: int, step_owner: Ca
     row_slices = [slice(a, b) for a, b in zip(cuts, cuts[1:])]
     model = _PredsModel(preds)
     serve = _ServePreds(model.preds, row_slices)
-    learn = Learner(model, DataLoaders([_rows(batch, n, s) for s in row_slices], []), lr=0.0,
+    learn = Learner(model, DataLoaders([take_rows(batch, s, n) for s in row_slices], []), lr=0.0,
                     cbs=[serve, step_owner], n_inp=n_inp)
     learn.fit(1, valid=False)
     return serve.grad

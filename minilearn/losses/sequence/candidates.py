@@ -14,8 +14,8 @@ def _correct(correct_index: int | str, batch: Mapping, n: int, k: int) -> torch.
     # One index into the K candidates for each of the n sequences.
     if isinstance(correct_index, str):
         if correct_index not in batch:
-            raise MissingInputError(f"the candidate loss (make_candidate_ce_loss) reads the correct candidates from the batch key {correct_index!r}, "
-                           f"but the batch has keys {list(batch.keys())}")
+            raise MissingInputError(f"the candidate loss (make_candidate_ce_loss) reads the correct candidates from "
+                                    f"the batch key {correct_index!r}, but the batch has keys {list(batch.keys())}")
         index = torch.as_tensor(batch[correct_index])
         if index.shape != (n,):
             raise ValueError(f"{correct_index} must hold one candidate index a sequence, shape ({n},); got "
@@ -48,7 +48,8 @@ def make_candidate_ce_loss(correct_index: int | str = "correct_index") -> Callab
     def candidate_ce(batch: Mapping, logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         if not logprobs or any(lp.ndim != 2 for lp in logprobs):
             shapes = [tuple(lp.shape) for lp in logprobs]
-            raise ValueError(f"the candidate loss (make_candidate_ce_loss) needs candidate targets: target_tokens (B, T, K), giving "
+            raise ValueError(f"the candidate loss (make_candidate_ce_loss) needs candidate targets: "
+                             f"target_tokens (B, T, K), giving "
                              f"log-probabilities (T_i, K) a sequence; got shapes {shapes}")
         k = logprobs[0].shape[1]
         index = _correct(correct_index, batch, len(logprobs), k).to(logprobs[0].device)

@@ -97,9 +97,9 @@ def make_dpo_loss(beta: float = 0.1) -> Callable[[Mapping, list[torch.Tensor]], 
 
     def dpo(batch: Mapping, logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         if "ref_logprobs" not in batch:
-            raise MissingInputError(f"the DPO loss (make_dpo_loss) needs reference log-probabilities: pass ref_model=... to LogprobLossCB or "
-                           f"forward_backward_custom, or put 'ref_logprobs' in the batch; the batch has keys "
-                           f"{list(batch.keys())}")
+            raise MissingInputError(f"the DPO loss (make_dpo_loss) needs reference log-probabilities: pass "
+                                    f"ref_model=... to LogprobLossCB or forward_backward_custom, or put "
+                                    f"'ref_logprobs' in the batch; the batch has keys {list(batch.keys())}")
         policy, ref = sequence_totals(logprobs), sequence_totals(batch["ref_logprobs"], "ref_logprobs")
         if ref.shape != policy.shape:
             raise ValueError(f"ref_logprobs has {ref.shape[0]} sequences but logprobs has {policy.shape[0]}: "
