@@ -8,7 +8,7 @@ import atexit
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -18,14 +18,23 @@ from accelerate.utils import DistributedType
 from torch.utils.data import DataLoader
 
 from minilearn.callback import Callback
-from minilearn.data import DataLoaders, to_device
+from minilearn.data import DataLoaders, is_mapping, to_device
+from minilearn.distributed import pad_across_processes
 from minilearn.exceptions import CancelBatchException
 from minilearn.inputs import SignatureCache, loss_call, store_loss
 from minilearn.logprobs.linear import LinearLogits
+from minilearn.logprobs.tokens import IGNORE_INDEX
+from minilearn.normalized_loss import LossTensor
 from minilearn.order import Order
 
-__all__ = ["AccelerateCB", "AccelerateCustomCB", "float32_outputs"]
+__all__ = ["AccelerateCB", "AccelerateCustomCB", "VALID_PADDING", "float32_outputs"]
 
+
+# How a validation batch's tensors are padded to the longest sequence on any process before the
+# processes' batches are joined: targets with IGNORE_INDEX (nothing is predicted there), anything else
+# with 0: masks and weights, and `input_ids` (a reference model may run on them, so they must stay
+# token ids; the attention_mask, 0 there too, marks them as padding).
+VALID_PADDING: dict[str, int] = {"target_tokens": IGNORE_INDEX, "labels": IGNORE_INDEX}
 
 # How long, at exit, the process group's worker threads get to finish releasing their last collective.
 _EXIT_GRACE_SECONDS = 0.25
@@ -61,11 +70,17 @@ class AccelerateCB(Callback):
     - A loss with a denominator (the plug-in losses, or any loss returning
       `NormalizedLoss(total, denominator)`; `learn.loss_parts`) gets the exact gradient of the whole
       global batch: `total` is back-propagated, the denominators are added up over micro-batches and
-      processes, and the gradients are divided by that sum before clipping and stepping. Any other
-      loss is averaged per micro-batch (and per process), as in a plain loop.
+      processes, and the gradients are divided by that sum before clipping and stepping. A
+      sum-reduced loss (`WeightedCrossEntropy(reduction="sum")`, `PolicyGradientLoss`) gets the
+      gradient of its sum over the whole global batch. Any other loss is averaged per micro-batch
+      (and per process), as in a plain loop.
     - `max_grad_norm` clips at the boundary, after the division (use it instead of GradClipCB).
-    - Validation predictions and batches are gathered from all processes (`gather_for_metrics`)
-      before the loss, so validation metrics are those of the whole validation set.
+    - Validation predictions and batches are gathered from all processes before the loss, so
+      validation metrics are those of the whole validation set (the duplicates that even sharding
+      adds dropped): model outputs of any kind (a tensor, a tuple, a Hugging Face `ModelOutput`,
+      `LinearLogits`), sequences of different lengths padded to a common one first, each batch key
+      with its padding (`VALID_PADDING`, updated by `valid_padding={key: value}`; tuple batches pad
+      integer tensors with IGNORE_INDEX, others with 0).
     - Progress is shown on the main process only (`learn.is_main_process`).
 
     Passed to one fit (`fit(cbs=AccelerateCB(...))`), it leaves the learner as it found it: its own
@@ -80,7 +95,8 @@ class AccelerateCB(Callback):
     order = Order.ACCELERATE
 
     def __init__(self, mixed_precision: str | None = None, gradient_accumulation_steps: int = 1,
-                 max_grad_norm: float | None = None, **accelerator_kwargs: Any):
+                 max_grad_norm: float | None = None, valid_padding: dict[str, float] | None = None,
+                 **accelerator_kwargs: Any):
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size > 1 and not torch.cuda.is_available():
             accelerator_kwargs.setdefault("cpu", True)
@@ -99,6 +115,7 @@ class AccelerateCB(Callback):
         if self.acc.num_processes > 1:
             _shut_down_process_group_at_exit()
         self.max_grad_norm = max_grad_norm
+        self.valid_padding = {**VALID_PADDING, **(valid_padding or {})}
         # Without a loss scaler, DeepSpeed, Megatron or XLA, Accelerate's optimizer wrapper and
         # `backward` only do what `step` and `backward` below do, plus bookkeeping that looks up
         # installed packages and signatures on every call (0.1-0.3 ms a batch): then we skip them.
@@ -111,6 +128,7 @@ class AccelerateCB(Callback):
         self._user_model = self._user_opt = self._user_dls = None  # what they replaced, put back by `removed`
         self._user_model_attrs: frozenset[str] = frozenset()  # the names in vars(user's model) before preparing
         self._denominator: torch.Tensor | None = None
+        self._step_kind: str | None = None  # "ratio", "sum" or "mean": what this step's micro-batches returned
 
     # ---- preparing, once ---------------------------------------------------------------------
 
@@ -141,7 +159,11 @@ class AccelerateCB(Callback):
             learn.dls = self._dls = DataLoaders(self._prepare_loader(learn.dls.train),
                                                  self._prepare_loader(learn.dls.valid))
         learn.is_main_process = self.acc.is_main_process
-        self._denominator = None
+        self._denominator = self._step_kind = None
+
+    def before_epoch(self, learn):
+        # Validation batches are gathered from every process (after_predict): only a training pass is split.
+        learn.pass_is_sharded = learn.training and self.acc.num_processes > 1
 
     def before_batch(self, learn):
         if not isinstance(learn.dl, DataLoader):  # prepared loaders place batches themselves
@@ -157,24 +179,41 @@ class AccelerateCB(Callback):
             self._accumulate.__exit__(None, None, None)
 
     def after_predict(self, learn):
-        if not learn.training and self.acc.num_processes > 1:
-            preds = learn.preds
-            if isinstance(preds, LinearLogits):
-                # Every process holds the same output layer: gather the hidden states only.
-                hidden, learn.batch = self.acc.gather_for_metrics((preds.hidden, learn.batch))
-                learn.preds = LinearLogits(hidden, preds.weight, preds.bias)
-            else:
-                learn.preds, learn.batch = self.acc.gather_for_metrics((preds, learn.batch))
+        if learn.training or self.acc.num_processes == 1:
+            return
+        preds, batch = learn.preds, self._padded_batch(learn.batch)
+        if isinstance(preds, LinearLogits):
+            # Every process holds the same output layer: gather the hidden states only.
+            hidden, learn.batch = self.acc.gather_for_metrics((pad_across_processes(preds.hidden), batch))
+            learn.preds = LinearLogits(hidden, preds.weight, preds.bias)
+        elif isinstance(preds, Mapping):  # a ModelOutput: its tensors (a cache object stays behind)
+            tensors = {k: pad_across_processes(v) for k, v in preds.items() if isinstance(v, torch.Tensor)}
+            gathered, learn.batch = self.acc.gather_for_metrics((tensors, batch))
+            learn.preds = type(preds)(**gathered)
+        elif isinstance(preds, tuple):
+            learn.preds, learn.batch = self.acc.gather_for_metrics((tuple(pad_across_processes(v) for v in preds), batch))
+        else:
+            learn.preds, learn.batch = self.acc.gather_for_metrics((pad_across_processes(preds), batch))
+
+    def _padded_batch(self, batch: Any) -> Any:
+        # Each tensor padded to the longest on any process, so that the processes' batches can be joined.
+        if is_mapping(batch):
+            return {k: pad_across_processes(v, self.valid_padding.get(k, 0)) if isinstance(v, torch.Tensor) else v
+                    for k, v in batch.items()}
+        return type(batch)(pad_across_processes(v, 0 if v.is_floating_point() or v.dtype == torch.bool else IGNORE_INDEX)
+                           if isinstance(v, torch.Tensor) else v for v in batch)
 
     # ---- the steps ---------------------------------------------------------------------------
 
     def backward(self, learn):
         parts = learn.loss_parts
-        if parts is None:
-            if self._denominator is not None:
-                raise ValueError("a loss returned a total and denominator (NormalizedLoss, or a LossTensor that "
-                                 "is not a sum) for some micro-batches of this step and a plain scalar for "
-                                 "others; return the same kind every time")
+        kind = "ratio" if parts is not None else "sum" if isinstance(learn.loss, LossTensor) and learn.loss.is_sum else "mean"
+        if self._step_kind not in (None, kind):
+            raise ValueError(f"the loss was a {self._step_kind} for earlier micro-batches of this step and is a {kind} "
+                             f"now (a LossTensor with a denominator, a sum-reduced one, or a plain scalar): return "
+                             f"the same kind every time")
+        self._step_kind = kind
+        if kind != "ratio":
             self._backward(learn.loss)
             return
         self._backward(parts.total)
@@ -191,22 +230,29 @@ class AccelerateCB(Callback):
     def step(self, learn):
         if not self.acc.sync_gradients:
             raise CancelBatchException()  # not a boundary: keep accumulating, no step, no zero_grad
-        if self._denominator is not None:
+        # acc.backward divided each micro-batch by k and DDP averaged over p processes. A loss with a
+        # denominator undoes both and divides by the global denominator; a sum undoes both, so that the
+        # gradient is that of the sum over the whole global batch; a mean keeps the average.
+        scaled_by = self.acc.gradient_accumulation_steps * self.acc.num_processes
+        if self._step_kind == "ratio":
             total = self.acc.reduce(self._denominator.to(self.acc.device), "sum")
-            # acc.backward divided each micro-batch by k and DDP averaged over p processes: undo both,
-            # then divide by the global denominator.
-            scale = self.acc.gradient_accumulation_steps * self.acc.num_processes / total
-            scale = torch.where(total != 0, scale, torch.zeros_like(scale))
-            for p in learn.model.parameters():
-                if p.grad is not None:
-                    p.grad.mul_(scale.to(p.grad.dtype))
-            self._denominator = None
+            scale = torch.where(total != 0, scaled_by / total, torch.zeros_like(total))
+            self._scale_gradients(learn.model, scale)
+        elif self._step_kind == "sum" and scaled_by > 1:
+            self._scale_gradients(learn.model, torch.tensor(float(scaled_by), device=self.acc.device))
+        self._denominator = self._step_kind = None
         if self.max_grad_norm is not None:
             self.acc.clip_grad_norm_(learn.model.parameters(), self.max_grad_norm)
         learn.opt.step()
 
     def zero_grad(self, learn):
         learn.opt.zero_grad()  # only reached at a boundary: `step` cancels the rest
+
+    @staticmethod
+    def _scale_gradients(model: torch.nn.Module, scale: torch.Tensor) -> None:
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale.to(p.grad.dtype))
 
     # ---- leaving the learner ---------------------------------------------------------------------
 
@@ -232,10 +278,10 @@ class AccelerateCB(Callback):
             learn.opt = self._user_opt
         if self._dls is not None and learn.dls is self._dls:
             learn.dls = self._user_dls
-        learn.is_main_process = True
+        learn.is_main_process, learn.pass_is_sharded = True, False
         self.acc.free_memory()  # Accelerate's references to the prepared objects
         self._model = self._opt = self._dls = self._user_model = self._user_opt = self._user_dls = None
-        self._user_model_attrs, self._denominator = frozenset(), None
+        self._user_model_attrs, self._denominator, self._step_kind = frozenset(), None, None
 
     # ---- state ---------------------------------------------------------------------------------
 

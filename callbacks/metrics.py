@@ -1,4 +1,4 @@
-"""MetricsCB: per-epoch averages of the loss, the loss's own metrics and user metrics."""
+"""MetricsCB: per pass, the loss over the whole pass and the averages of the loss's own metrics and user metrics."""
 
 from collections.abc import Callable
 
@@ -6,21 +6,30 @@ import torch
 
 from minilearn.callback import Callback
 from minilearn.data import batch_size
+from minilearn.distributed import sum_across_processes
 from minilearn.inputs import loss_call, signature_of
+from minilearn.normalized_loss import LossTensor
 from minilearn.order import Order
 
 __all__ = ["MetricsCB"]
 
 
 class MetricsCB(Callback):
-    """Average, over each training and validation epoch and weighted by batch size, the loss, every
-    metric the loss returned in `(loss, metrics)`, and each metric passed by name.
+    """Per training and validation pass: the loss over the whole pass, and the average (weighted by
+    the rows of each batch) of every metric the loss returned and of each metric passed by name.
+
+    The loss of a pass does not depend on how the pass was cut into batches, micro-batches or
+    processes: a loss that carries its normalisation parts (the plug-in losses, `NormalizedLoss`)
+    counts as its summed totals over its summed denominators; a sum-reduced loss
+    (`WeightedCrossEntropy(reduction="sum")`, `PolicyGradientLoss`) as its sum per row; any other
+    loss as its mean weighted by rows. Under several processes (`learn.pass_is_sharded`) the sums
+    are added up across processes at the end of the pass, so every number is the whole pass's.
 
     A metric is called like a loss, `metric(preds, *inputs)`, with inputs named by its parameters,
     and returns a number or a 0-dim tensor (the batch mean). Sums stay on the device during the
-    epoch and are read once at its end, so the batch loop never waits for the GPU.
+    pass and are read once at its end, so the batch loop never waits for the GPU.
 
-    After each epoch phase the row `{'epoch': 0, 'phase': 'train', 'loss': ..., ...}` is appended to
+    After each pass the row `{'epoch': 0, 'phase': 'train', 'loss': ..., ...}` is appended to
     `history` and stored on `learn.epoch_metrics`, where ProgressCB and other callbacks read it.
 
     >>> def accuracy(preds, target): return (preds.argmax(-1) == target).float().mean()
@@ -42,7 +51,8 @@ class MetricsCB(Callback):
 
     def before_epoch(self, learn):
         self.sums: dict[str, torch.Tensor | float] = {}
-        self.count = 0
+        self.rows = 0
+        self._loss_kind: str | None = None
 
     def _add(self, name: str, value, weight: int) -> None:
         if isinstance(value, torch.Tensor):
@@ -55,20 +65,56 @@ class MetricsCB(Callback):
         else:
             self.sums[name] = self.sums.get(name, 0.0) + float(value) * weight
 
+    def _add_loss(self, learn, rows: int) -> None:
+        parts, loss = learn.loss_parts, learn.loss
+        kind = "ratio" if parts is not None else "sum" if isinstance(loss, LossTensor) and loss.is_sum else "mean"
+        if self._loss_kind not in (None, kind):
+            raise ValueError(f"the loss was a {self._loss_kind} for earlier batches of this pass and is a {kind} now "
+                             f"(a LossTensor with a denominator, a sum-reduced one, or a plain scalar): return "
+                             f"the same kind every batch")
+        self._loss_kind = kind
+        if kind == "ratio":
+            self._add(_TOTAL, parts.total, 1)
+            self._add(_DENOMINATOR, parts.denominator, 1)
+        else:
+            self._add("loss", loss, 1 if kind == "sum" else rows)
+
     def after_loss(self, learn):
-        bs = batch_size(learn.batch)
-        self.count += bs
-        self._add("loss", learn.loss, bs)
+        rows = batch_size(learn.batch)
+        self.rows += rows
+        self._add_loss(learn, rows)
         for name, value in learn.loss_metrics.items():
-            self._add(name, value, bs)
+            self._add(name, value, rows)
         if self.metrics:
             with torch.no_grad():
                 for name, fn in self.metrics.items():
-                    self._add(name, loss_call(fn, learn.preds, learn.batch, learn.n_inp, self._sigs[name], "metric"), bs)
+                    value = loss_call(fn, learn.preds, learn.batch, learn.n_inp, self._sigs[name], "metric")
+                    self._add(name, value, rows)
+
+    def _pass_sums(self, learn) -> dict[str, float]:
+        # One tensor, summed across processes when each held a share of the pass, read in one go.
+        names = sorted(self.sums)
+        device = next((v.device for v in self.sums.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
+        values = torch.stack([torch.as_tensor(self.sums[k], dtype=torch.float32, device=device).reshape(())
+                              for k in names] + [torch.tensor(float(self.rows), device=device)])
+        if learn.pass_is_sharded:
+            values = sum_across_processes(values)
+        return dict(zip([*names, _ROWS], values.tolist()))
 
     def after_epoch(self, learn):
         row = {"epoch": learn.epoch, "phase": "train" if learn.training else "valid"}
-        if self.count:
-            row.update({k: float(v) / self.count for k, v in self.sums.items()})
+        if self.rows:
+            sums = self._pass_sums(learn)
+            rows = sums.pop(_ROWS)
+            if self._loss_kind == "ratio":
+                total, denominator = sums.pop(_TOTAL), sums.pop(_DENOMINATOR)
+                loss = total / denominator if denominator else 0.0
+            else:
+                loss = sums.pop("loss") / rows
+            row.update({"loss": loss, **{k: v / rows for k, v in sums.items()}})
         self.history.append(row)
         learn.epoch_metrics = row
+
+
+# Names of the pass sums that are not columns of the table (a space keeps them apart from metric names).
+_TOTAL, _DENOMINATOR, _ROWS = "loss total", "loss denominator", "rows"

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from minilearn.data import is_per_row
 
-__all__ = ["world_size", "rank", "all_gather_padded", "gather_sequences", "gather_batch"]
+__all__ = ["world_size", "rank", "sum_across_processes", "pad_across_processes", "all_gather_padded", "gather_sequences", "gather_batch"]
 
 
 def world_size() -> int:
@@ -27,10 +27,45 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def sum_across_processes(t: torch.Tensor) -> torch.Tensor:
+    """The sum of `t` over every process (a new tensor; `t` itself in one process).
+
+    >>> sum_across_processes(torch.tensor([1.0, 2.0]))
+    tensor([1., 2.])
+    """
+    if world_size() == 1:
+        return t
+    total = t.detach().clone()
+    dist.all_reduce(total)
+    return total
+
+
 def _pad_to(t: torch.Tensor, shape: tuple[int, ...], value: float) -> torch.Tensor:
     # F.pad takes (last_left, last_right, second_last_left, ...): pad on the right of every dim.
     pads = [p for have, want in zip(reversed(t.shape), reversed(shape)) for p in (0, want - have)]
     return F.pad(t, pads, value=value) if any(pads) else t
+
+
+def _shapes(t: torch.Tensor) -> list[tuple[int, ...]]:
+    # Every process's shape of `t`, in rank order.
+    shape = torch.tensor(t.shape, dtype=torch.long, device=t.device)
+    shapes = [torch.empty_like(shape) for _ in range(world_size())]
+    dist.all_gather(shapes, shape)
+    return [tuple(s.tolist()) for s in shapes]
+
+
+def pad_across_processes(t: torch.Tensor, pad_value: float = 0) -> torch.Tensor:
+    """`t` padded on the right, in every dimension after the first, to the largest size it has on any
+    process (sequences of different lengths), so that the processes' tensors can be gathered along
+    the first. Every process must call it, with tensors of as many dimensions.
+
+    >>> pad_across_processes(torch.ones(2, 3)).shape  # one process: its own tensor
+    torch.Size([2, 3])
+    """
+    if world_size() == 1 or t.ndim < 2:
+        return t
+    widest = tuple(max(dims) for dims in zip(*_shapes(t)))
+    return _pad_to(t, (t.shape[0], *widest[1:]), pad_value)
 
 
 def all_gather_padded(t: torch.Tensor, pad_value: float = 0) -> list[torch.Tensor]:
@@ -42,10 +77,7 @@ def all_gather_padded(t: torch.Tensor, pad_value: float = 0) -> list[torch.Tenso
     """
     if world_size() == 1:
         return [t]
-    shape = torch.tensor(t.shape, dtype=torch.long, device=t.device)
-    shapes = [torch.empty_like(shape) for _ in range(world_size())]
-    dist.all_gather(shapes, shape)
-    shapes = [tuple(s.tolist()) for s in shapes]
+    shapes = _shapes(t)
     biggest = tuple(max(dims) for dims in zip(*shapes))
     padded = [torch.empty(biggest, dtype=t.dtype, device=t.device) for _ in shapes]
     dist.all_gather(padded, _pad_to(t.detach().contiguous(), biggest, pad_value))

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 
 from minilearn.data import is_mapping
 from minilearn.exceptions import LossOutputError, MissingInputError
 from minilearn.normalized_loss import LossTensor, NormalizedLoss
 
-__all__ = ["Signature", "signature_of", "SignatureCache", "model_input_names", "model_call", "loss_call", "select_output",
+__all__ = ["Signature", "signature_of", "SignatureCache", "model_input_names", "input_module",
+           "model_call", "loss_call", "select_output",
            "split_loss_output",
            "store_loss", "callable_name"]
 
@@ -92,6 +94,23 @@ def model_input_names(sig: Signature) -> tuple[str, ...]:
     ('input_ids', 'attention_mask')
     """
     return ((sig.first,) if sig.first else ()) + sig.names
+
+
+def input_module(model: Callable) -> Callable:
+    """The module whose `forward` says what `model` takes: `model` without the wrappers that pass
+    `*inputs, **kwargs` through to it (DistributedDataParallel, FSDP, DeepSpeed, `torch.compile`, and
+    a PEFT model's base model), so a wrapped Hugging Face model still gets `input_ids` and
+    `attention_mask` from a mapping batch.
+
+    >>> lm = torch.nn.Linear(2, 2)
+    >>> input_module(torch.compile(lm)) is lm
+    True
+    """
+    if not isinstance(model, torch.nn.Module):
+        return model
+    model = extract_model_from_parallel(model, keep_torch_compile=False)
+    base = getattr(model, "get_base_model", None)  # PEFT's wrappers
+    return base() if callable(base) else model
 
 
 def _keys(batch: Mapping) -> list[str]:

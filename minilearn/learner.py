@@ -64,6 +64,9 @@ class Learner:
         self.epoch_metrics: dict | None = None  # MetricsCB: the row of the epoch phase that just ended
         self.recorder = None  # Recorder: itself, for `learn.recorder.plot_loss()`
         self.is_main_process = True  # AccelerateCB: printing callbacks print only where it is True
+        # AccelerateCB: True while each process sees only its share of the pass (training under several
+        # processes), so that sums over the pass are added up across processes (MetricsCB).
+        self.pass_is_sharded = False
         self.position = TrainingPosition()
         cbs = L(cbs)
         self.add_cbs(cbs if any(isinstance(cb, TrainCB) for cb in cbs) else [TrainCB(), *cbs])

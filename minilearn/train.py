@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 
 from minilearn.callback import Callback
-from minilearn.inputs import SignatureCache, loss_call, model_call, model_input_names, store_loss
+from minilearn.inputs import SignatureCache, input_module, loss_call, model_call, model_input_names, store_loss
 from minilearn.order import Order
 
 __all__ = ["TrainCB"]
@@ -28,8 +28,11 @@ class TrainCB(Callback):
         self._loss_signature, self._model_signature = SignatureCache(), SignatureCache()
 
     def model_input_names(self, model) -> tuple[str, ...]:
-        """The keys of a mapping batch that go to `model`: `model_inputs`, else those its `forward` names."""
-        return self.model_inputs if self.model_inputs is not None else model_input_names(self._model_signature(model))
+        """The keys of a mapping batch that go to `model`: `model_inputs`, else those its `forward` names
+        (the forward of the module inside a wrapper such as DDP: see `minilearn.inputs.input_module`)."""
+        if self.model_inputs is not None:
+            return self.model_inputs
+        return model_input_names(self._model_signature(input_module(model)))
 
     def predict(self, learn):
         learn.preds = model_call(learn.model, learn.batch, learn.n_inp, self.model_input_names(learn.model))

@@ -17,12 +17,12 @@ import train_weighted as script  # noqa: E402
 SCRIPT = Path(__file__).parent / "dist" / "train_weighted.py"
 
 
-def torchrun(out, *args, script=SCRIPT, stdout=None):
+def torchrun(out, *args, script=SCRIPT, stdout=None, timeout=300):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(script), str(out), *args]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     if stdout is not None:
         stdout.append(res.stdout)

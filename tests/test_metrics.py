@@ -59,11 +59,12 @@ def test_metrics_accumulate_on_the_device_without_reading_values_in_the_batch_lo
     calls = []
     metrics = MetricsCB(mae=mae)
     learn = Learner(nn.Linear(3, 1), DataLoaders(uneven_batches([4] * 5), []), F.mse_loss, cbs=metrics)
-    orig_item, orig_float = torch.Tensor.item, torch.Tensor.__float__
+    orig_item, orig_float, orig_tolist = torch.Tensor.item, torch.Tensor.__float__, torch.Tensor.tolist
     monkeypatch.setattr(torch.Tensor, "item", lambda self: calls.append("item") or orig_item(self))
     monkeypatch.setattr(torch.Tensor, "__float__", lambda self: calls.append("float") or orig_float(self))
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: calls.append("tolist") or orig_tolist(self))
     learn.fit(1, valid=False)
-    assert len(calls) == 2  # loss and mae, once each, at the end of the epoch
+    assert calls == ["tolist"]  # every sum of the pass, read in one go at its end
 
 
 def test_empty_epoch_gives_a_row_without_values():

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from minilearn.data import take_rows
 from minilearn.distributed import gather_batch, gather_sequences, world_size
-from minilearn.inputs import (callable_name, model_call, model_input_names, select_output, signature_of,
+from minilearn.inputs import (callable_name, input_module, model_call, model_input_names, select_output, signature_of,
                               split_loss_output)
 from minilearn.logprobs.sequences import logprob_targets, sequence_logprobs, split_sequences, target_positions
 from minilearn.logprobs.tokens import IGNORE_INDEX, target_logprobs
@@ -104,7 +104,7 @@ def reference_logprobs(ref_model: torch.nn.Module, batch: Mapping, targets: torc
                        micro_batch_size: int | None = None, n_inp: int = 1) -> list[torch.Tensor]:
     """Per-sequence target log-probabilities under a frozen `ref_model`: eval mode, no gradient,
     in micro-batches of `micro_batch_size` sequences. It gets the keys its `forward` names."""
-    names = model_input_names(signature_of(ref_model))
+    names = model_input_names(signature_of(input_module(ref_model)))
     was_training = ref_model.training
     ref_model.eval()
     try:
