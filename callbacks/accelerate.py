@@ -24,7 +24,7 @@ from minilearn.exceptions import CancelBatchException
 from minilearn.inputs import SignatureCache, loss_call, store_loss
 from minilearn.logprobs.linear import LinearLogits
 from minilearn.logprobs.tokens import IGNORE_INDEX
-from minilearn.normalized_loss import LossTensor
+from minilearn.normalized_loss import loss_kind
 from minilearn.order import Order
 
 __all__ = ["AccelerateCB", "AccelerateCustomCB", "VALID_PADDING", "float32_outputs"]
@@ -207,11 +207,7 @@ class AccelerateCB(Callback):
 
     def backward(self, learn):
         parts = learn.loss_parts
-        kind = "ratio" if parts is not None else "sum" if isinstance(learn.loss, LossTensor) and learn.loss.is_sum else "mean"
-        if self._step_kind not in (None, kind):
-            raise ValueError(f"the loss was a {self._step_kind} for earlier micro-batches of this step and is a {kind} "
-                             f"now (a LossTensor with a denominator, a sum-reduced one, or a plain scalar): return "
-                             f"the same kind every time")
+        kind = loss_kind(learn.loss, parts, self._step_kind, "earlier micro-batches of this step")
         self._step_kind = kind
         if kind != "ratio":
             self._backward(learn.loss)

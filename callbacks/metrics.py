@@ -8,7 +8,7 @@ from minilearn.callback import Callback
 from minilearn.data import batch_size
 from minilearn.distributed import sum_across_processes
 from minilearn.inputs import loss_call, signature_of
-from minilearn.normalized_loss import LossTensor
+from minilearn.normalized_loss import loss_kind
 from minilearn.order import Order
 
 __all__ = ["MetricsCB"]
@@ -67,11 +67,7 @@ class MetricsCB(Callback):
 
     def _add_loss(self, learn, rows: int) -> None:
         parts, loss = learn.loss_parts, learn.loss
-        kind = "ratio" if parts is not None else "sum" if isinstance(loss, LossTensor) and loss.is_sum else "mean"
-        if self._loss_kind not in (None, kind):
-            raise ValueError(f"the loss was a {self._loss_kind} for earlier batches of this pass and is a {kind} now "
-                             f"(a LossTensor with a denominator, a sum-reduced one, or a plain scalar): return "
-                             f"the same kind every batch")
+        kind = loss_kind(loss, parts, self._loss_kind)
         self._loss_kind = kind
         if kind == "ratio":
             self._add(_TOTAL, parts.total, 1)

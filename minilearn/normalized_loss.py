@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["NormalizedLoss", "LossTensor"]
+__all__ = ["NormalizedLoss", "LossTensor", "loss_kind"]
 
 
 @dataclass
@@ -138,6 +138,29 @@ class LossTensor(torch.Tensor):
         copied = _loss_tensor(*copy.deepcopy(parts, memo))
         memo[id(self)] = copied
         return copied
+
+
+def loss_kind(loss: torch.Tensor, parts: NormalizedLoss | None, earlier: str | None = None,
+              scope: str = "earlier batches of this pass") -> str:
+    """How a loss is normalised across batches: `"ratio"` (it carries `parts`, a total and a
+    denominator), `"sum"` (a sum-reduced `LossTensor`) or `"mean"` (any other scalar).
+
+    `earlier` is the kind seen for the other batches of the same sum (`scope` says which, for the
+    message); a different kind now raises a ValueError, since a sum, a ratio and a mean cannot be
+    added up into one figure.
+
+    >>> loss_kind(torch.tensor(2.0), None), loss_kind(LossTensor.of_sum(torch.tensor(3.0)), None)
+    ('mean', 'sum')
+    >>> loss_kind(torch.tensor(2.0), None, earlier="ratio")
+    Traceback (most recent call last):
+    ...
+    ValueError: the loss was a ratio for earlier batches of this pass and is a mean now (a LossTensor with a denominator, a sum-reduced one, or a plain scalar): return the same kind every time
+    """
+    kind = "ratio" if parts is not None else "sum" if isinstance(loss, LossTensor) and loss.is_sum else "mean"
+    if earlier not in (None, kind):
+        raise ValueError(f"the loss was a {earlier} for {scope} and is a {kind} now (a LossTensor with a "
+                         f"denominator, a sum-reduced one, or a plain scalar): return the same kind every time")
+    return kind
 
 
 def _loss_tensor(value: torch.Tensor, total: torch.Tensor, denominator: torch.Tensor | None,

@@ -105,3 +105,22 @@ def test_progress_without_metrics_and_over_an_iterator_without_length(capsys):
         valid = []
     Learner(nn.Linear(3, 1), Stream(), F.mse_loss, cbs=ProgressCB()).fit(1)
     assert "train" in capsys.readouterr().out
+
+
+def test_a_loss_that_changes_kind_within_a_pass_is_an_error_naming_both_kinds():
+    # A ratio's parts, a sum and a mean cannot be added into one epoch figure.
+    from minilearn import NormalizedLoss
+
+    calls = []
+
+    def loss(preds, target):
+        calls.append(1)
+        err = ((preds - target) ** 2).sum()
+        return NormalizedLoss(err, torch.tensor(len(target))).as_tensor() if len(calls) == 1 else err / len(target)
+
+    learn = Learner(nn.Linear(3, 1), DataLoaders([], uneven_batches([4, 4])), loss, cbs=MetricsCB())
+    with pytest.raises(ValueError, match="the loss was a ratio for earlier batches of this pass and is a mean now"):
+        learn.fit(1, train=False)
+    calls[:] = [1]  # usable afterwards: every batch a mean now
+    learn.fit(1, train=False)
+    assert learn.epoch_metrics["loss"] > 0
