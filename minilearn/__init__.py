@@ -6,8 +6,8 @@ from minilearn.events import EVENTS, LOOP_STATE, STEPS
 from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException, CheckpointError,
                                   LossOutputError, MissingInputError, UnknownEventError)
 from minilearn.learner import Learner
-from minilearn.logprobs import (IGNORE_INDEX, CustomLossResult, FusedHead, forward_backward_custom, logprob_targets,
-                                sequence_logprobs)
+from minilearn.logprobs import (IGNORE_INDEX, CustomLossResult, FusedHead, LabelsToTargets, forward_backward_custom,
+                                logprob_targets, sequence_logprobs, targets_from_labels)
 from minilearn.lr_finder import LRFinderCB
 from minilearn.normalized_loss import LossTensor, NormalizedLoss
 from minilearn.order import Order
@@ -22,4 +22,5 @@ __all__ = [
     "UnknownEventError", "MissingInputError", "LossOutputError", "CheckpointError",
     "NormalizedLoss", "LossTensor", "forward_backward_custom", "CustomLossResult", "logprob_targets", "sequence_logprobs",
     "DataLoaders", "to_device", "batch_size", "default_device", "FusedHead", "IGNORE_INDEX",
+    "targets_from_labels", "LabelsToTargets",
 ]

@@ -4,6 +4,8 @@ sequence, and losses over them with their exact gradient.
 - `tokens`: `token_logprobs`, the one kernel every loss's log-probabilities go through (at least
   float32, in row chunks, no full log-softmax copy), the targets' conventions (`IGNORE_INDEX`,
   `shift_targets`, `check_targets`) and `LazyLogits`, logits that are never materialised.
+- `labels`: `targets_from_labels` and `LabelsToTargets`, Hugging Face's unshifted `labels` into
+  the token losses' `target_tokens`.
 - `linear`: `LinearLogits` and `linear_token_logprobs`, the fused output layer and log-softmax.
 - `fused_head`: `FusedHead`, a language model whose output is `LinearLogits`.
 - `sequences`: the per-sequence convention (`logprob_targets`, `sequence_logprobs`).
@@ -13,12 +15,14 @@ sequence, and losses over them with their exact gradient.
 
 from minilearn.logprobs.forward_backward import CustomLossResult, forward_backward_custom
 from minilearn.logprobs.fused_head import FusedHead
+from minilearn.logprobs.labels import LabelsToTargets, targets_from_labels
 from minilearn.logprobs.linear import LinearLogits, linear_tile_shape, linear_token_logprobs
 from minilearn.logprobs.sequences import logprob_targets, sequence_logprobs, split_sequences, target_positions
 from minilearn.logprobs.tokens import (IGNORE_INDEX, LazyLogits, check_targets, shift_targets, target_logprobs,
                                        token_logprobs)
 
 __all__ = ["IGNORE_INDEX", "token_logprobs", "target_logprobs", "shift_targets", "check_targets", "LazyLogits",
+           "targets_from_labels", "LabelsToTargets",
            "LinearLogits", "linear_token_logprobs", "linear_tile_shape", "FusedHead",
            "logprob_targets", "sequence_logprobs", "split_sequences", "target_positions",
            "forward_backward_custom", "CustomLossResult"]

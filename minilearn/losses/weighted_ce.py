@@ -21,7 +21,7 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
-def weighted_cross_entropy(logits: torch.Tensor, target_tokens: torch.Tensor, weights: torch.Tensor,
+def weighted_cross_entropy(logits: torch.Tensor, target_tokens: torch.Tensor, weights: torch.Tensor | None = None,
                            reduction: Reduction = "weight_mean",
                            ignore_index: int = IGNORE_INDEX) -> LossTensor:
     """Token cross-entropy weighted per target token, as a 0-dim `LossTensor` (a `torch.Tensor`
@@ -34,7 +34,9 @@ def weighted_cross_entropy(logits: torch.Tensor, target_tokens: torch.Tensor, we
       like any plain scalar.
 
     Shapes: `logits` `(..., V)`; `target_tokens` `(...)`, or `(..., K)` for K candidate tokens a
-    position (top-K distillation); `weights` exactly the shape of `target_tokens`, finite. Positions
+    position (top-K distillation); `weights` exactly the shape of `target_tokens`, finite, or None
+    for a weight of 1 on every target (the plain token-mean cross-entropy of a Hugging Face causal LM
+    given `labels`). Positions
     whose target is `ignore_index` count in neither sum. Weights that sum to zero give a zero loss
     with zero gradient and the metric `zero_weight_batches` = 1.
 
@@ -48,6 +50,8 @@ def weighted_cross_entropy(logits: torch.Tensor, target_tokens: torch.Tensor, we
     """
     _check_reduction(reduction)
     lp = token_logprobs(logits, target_tokens, ignore_index)
+    if weights is None:
+        weights = torch.ones_like(lp)
     check_token_values("weights", weights, target_tokens)
     w, mask = weights.to(lp.dtype), token_mask(target_tokens, ignore_index)
     out = weight_normalized(w * lp, w, mask)
@@ -55,8 +59,8 @@ def weighted_cross_entropy(logits: torch.Tensor, target_tokens: torch.Tensor, we
 
 
 class WeightedCrossEntropy(nn.Module):
-    """`weighted_cross_entropy` as a loss module: `forward(logits, target_tokens, weights)` names the
-    batch inputs it takes (see `minilearn.inputs`).
+    """`weighted_cross_entropy` as a loss module: `forward(logits, target_tokens, weights=None)` names
+    the batch inputs it takes (see `minilearn.inputs`); a batch without `weights` weighs every target 1.
 
     Returns a 0-dim `LossTensor`: `reduction="weight_mean"` carries its total and denominator
     (exact under accumulation), `"sum"` is a sum.
@@ -72,7 +76,7 @@ class WeightedCrossEntropy(nn.Module):
         self.reduction, self.ignore_index = reduction, ignore_index
 
     def forward(self, logits: torch.Tensor, target_tokens: torch.Tensor,
-                weights: torch.Tensor) -> LossTensor:
+                weights: torch.Tensor | None = None) -> LossTensor:
         return weighted_cross_entropy(logits, target_tokens, weights, self.reduction, self.ignore_index)
 
     def extra_repr(self) -> str:
