@@ -158,7 +158,7 @@ class AccelerateCB(Callback):
             self._user_dls = learn.dls
             learn.dls = self._dls = DataLoaders(self._prepare_loader(learn.dls.train),
                                                  self._prepare_loader(learn.dls.valid))
-        learn.is_main_process = self.acc.is_main_process
+        learn.is_main_process, learn.grad_scaler = self.acc.is_main_process, self.acc.scaler
         self._denominator = self._step_kind = None
 
     def before_epoch(self, learn):
@@ -274,7 +274,7 @@ class AccelerateCB(Callback):
             learn.opt = self._user_opt
         if self._dls is not None and learn.dls is self._dls:
             learn.dls = self._user_dls
-        learn.is_main_process, learn.pass_is_sharded = True, False
+        learn.is_main_process, learn.pass_is_sharded, learn.grad_scaler = True, False, None
         self.acc.free_memory()  # Accelerate's references to the prepared objects
         self._model = self._opt = self._dls = self._user_model = self._user_opt = self._user_dls = None
         self._user_model_attrs, self._denominator, self._step_kind = frozenset(), None, None

@@ -18,7 +18,7 @@ class SaveModelCB(Callback):
     Saving is atomic: a run killed during a save keeps its previous checkpoints, and a directory left
     half-written is not counted as one. Resume a killed fit with the same callbacks:
     `learn.fit(n, cbs=cb, resume=cb.latest)` (`latest` is None when there is nothing to resume).
-    Only the main process saves under several processes.
+    Under several processes the main process writes, with every process's random states.
 
     >>> import tempfile
     >>> cb = SaveModelCB(every_epoch=True, keep=2, path=tempfile.mkdtemp())
@@ -42,8 +42,10 @@ class SaveModelCB(Callback):
         if not self.monitor.at_phase_end(learn):
             return
         improved = self.monitor.update(self.monitor.value(learn)) if not self.every_epoch else True
-        if improved and learn.is_main_process:
-            learn.save(self.path / f"epoch-{learn.epoch:04d}", with_opt=self.with_opt)
+        if not improved:
+            return
+        learn.save(self.path / f"epoch-{learn.epoch:04d}", with_opt=self.with_opt)  # every process: see Learner.save
+        if learn.is_main_process:
             for old in self.checkpoints()[:-self.keep]:
                 remove_checkpoint(old)
 

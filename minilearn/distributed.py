@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from minilearn.data import is_per_row
 
-__all__ = ["world_size", "rank", "sum_across_processes", "pad_across_processes", "all_gather_padded", "gather_sequences", "gather_batch"]
+__all__ = ["world_size", "rank", "sum_across_processes", "pad_across_processes", "all_gather_padded", "gather_sequences", "gather_batch",
+           "gather_objects", "barrier"]
 
 
 def world_size() -> int:
@@ -25,6 +26,26 @@ def world_size() -> int:
 def rank() -> int:
     """This process's rank (0 without a `torch.distributed` group)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def gather_objects(obj: Any) -> list:
+    """`obj` of every process, in rank order (`[obj]` in one process). For small values of plain data
+    (a checkpoint's per-process random states), sent pickled between the processes of this run.
+
+    >>> gather_objects({"a": 1})
+    [{'a': 1}]
+    """
+    if world_size() == 1:
+        return [obj]
+    out: list = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    """Wait until every process gets here (nothing in one process)."""
+    if world_size() > 1:
+        dist.barrier()
 
 
 def sum_across_processes(t: torch.Tensor) -> torch.Tensor:

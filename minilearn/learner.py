@@ -67,6 +67,8 @@ class Learner:
         # AccelerateCB: True while each process sees only its share of the pass (training under several
         # processes), so that sums over the pass are added up across processes (MetricsCB).
         self.pass_is_sharded = False
+        # AccelerateCB: the loss scaler of float16 training (None otherwise); checkpoints keep its state.
+        self.grad_scaler = None
         self.position = TrainingPosition()
         cbs = L(cbs)
         self.add_cbs(cbs if any(isinstance(cb, TrainCB) for cb in cbs) else [TrainCB(), *cbs])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from minilearn import CheckpointError, Learner
+from minilearn import Callback, CheckpointError, Learner
 from minilearn.callbacks import OneCycleCB
 from minilearn.checkpoints.files import MANIFEST, atomic_write, is_checkpoint, read_checkpoint, remove_checkpoint
 
@@ -248,3 +248,41 @@ def test_remove_checkpoint_deletes_the_manifest_first_and_leaves_other_files(mak
     assert is_checkpoint(tmp_path / "ck")
     remove_checkpoint(tmp_path / "ck")
     assert files(tmp_path / "ck") == ["notes.txt"]
+
+
+class ScaledStepCB(Callback):
+    """The float16 step with a loss scaler (as Accelerate's on a GPU), here with torch's CPU scaler."""
+
+    order = 60
+
+    def __init__(self):
+        self.scaler = torch.amp.GradScaler("cpu", init_scale=8.0, growth_interval=1)  # the scale doubles a step
+
+    def before_fit(self, learn):
+        learn.grad_scaler = self.scaler
+
+    def backward(self, learn):
+        self.scaler.scale(learn.loss).backward()
+
+    def step(self, learn):
+        self.scaler.step(learn.opt)
+        self.scaler.update()
+
+
+def test_the_loss_scaler_state_is_saved_with_the_optimizer_and_loaded_back(make_learner, tmp_path):
+    learn = adam_learner(make_learner, cbs=ScaledStepCB())
+    learn.fit(1)
+    scale = learn.grad_scaler.get_scale()
+    assert scale > 8.0
+    learn.save(tmp_path / "ck")
+    assert read_checkpoint(tmp_path / "ck")[0]["grad_scaler"]["scale"] == scale
+    scaled = ScaledStepCB()
+    other = adam_learner(make_learner, seed=1, cbs=scaled)
+    other.grad_scaler = scaled.scaler  # as its before_fit would
+    other.load(tmp_path / "ck", with_opt=False)
+    assert other.grad_scaler.get_scale() == 8.0  # the scaler goes with the optimizer
+    other.load(tmp_path / "ck")
+    assert other.grad_scaler.get_scale() == scale
+    learn.grad_scaler = None
+    learn.save(tmp_path / "plain")
+    assert "grad_scaler" not in read_checkpoint(tmp_path / "plain")[0]

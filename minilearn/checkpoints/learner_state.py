@@ -11,6 +11,7 @@ from pathlib import Path
 from minilearn.callback import Callback
 from minilearn.checkpoints.files import check_weights, read_checkpoint, save_checkpoint
 from minilearn.checkpoints.random_state import random_states
+from minilearn.distributed import barrier, gather_objects, rank, world_size
 from minilearn.exceptions import CheckpointError
 
 __all__ = ["stateful_callbacks", "save_learner", "load_learner", "restore_learner"]
@@ -28,13 +29,18 @@ def stateful_callbacks(cbs: list[Callback]) -> dict[str, Callback]:
 
 def save_learner(learn, path: str | os.PathLike, with_opt: bool = True) -> Path:
     """Save `learn`'s training state in a checkpoint directory at `path` (`Learner.save`): the model's
-    weights (safetensors) and, as plain data, the optimizer state (when `with_opt`), the state of
+    weights (safetensors) and, as plain data, the optimizer state and float16 loss scaler's
+    (`learn.grad_scaler`, when `with_opt`), the state of
     callbacks that keep one (schedules, `SaveModelCB`, `EarlyStoppingCB`), the position in the fit and
     the random states, so that `fit(..., resume=path)` continues exactly. The write is atomic: if it is
     interrupted, the checkpoint that was at `path` before is left intact.
 
     Called from a callback, it records the fit's position: within a training batch, that batch
     counts as done; after the training pass, the fit resumes at the next epoch.
+
+    Under several processes every process calls it (it is a collective): each process's random
+    states and the states at the start of its pass are gathered into `state["ranks"]`, the main
+    process writes, and all return once the checkpoint is complete.
 
     >>> import tempfile
     >>> import torch
@@ -46,9 +52,17 @@ def save_learner(learn, path: str | os.PathLike, with_opt: bool = True) -> Path:
     state = {"position": learn.position.resume_point(learn.epoch, learn.training),
              "random": random_states(learn.dls.train),
              "callbacks": {k: cb.state_dict() for k, cb in stateful_callbacks(learn.cbs).items()}}
+    if world_size() > 1:
+        # Each process draws its own dropout masks and augmentation: every one's states are kept.
+        state["ranks"] = gather_objects({"random": state["random"], "pass_start": state["position"]["pass_start"]})
     if with_opt and learn.opt is not None:
         state["opt"] = learn.opt.state_dict()
-    return save_checkpoint(path, learn.unwrapped_model, state)
+        if learn.grad_scaler is not None:  # float16: the loss scale belongs with the optimizer's state
+            state["grad_scaler"] = learn.grad_scaler.state_dict()
+    if rank() == 0:
+        save_checkpoint(path, learn.unwrapped_model, state)
+    barrier()  # no process reads the checkpoint, or goes on to change the weights, before it is written
+    return Path(path)
 
 
 def restore_learner(learn, state: dict, weights: dict, source: str | os.PathLike, with_opt: bool = True) -> None:
@@ -65,6 +79,8 @@ def restore_learner(learn, state: dict, weights: dict, source: str | os.PathLike
         except (ValueError, KeyError) as e:
             learn.opt = had
             raise CheckpointError(f"the optimizer state in {source} does not fit {type(opt).__name__}: {e}") from None
+    if with_opt and "grad_scaler" in state and learn.grad_scaler is not None:
+        learn.grad_scaler.load_state_dict(state["grad_scaler"])
     model.load_state_dict(weights, strict=False)  # checked above; tied weights are stored once
     cb_states = state.get("callbacks", {})
     for key, cb in stateful_callbacks(learn.cbs).items():

@@ -20,8 +20,10 @@ __all__ = ["loader_generators", "random_states", "set_random_states"]
 
 
 def loader_generators(loader: Any) -> list[torch.Generator]:
-    """The `torch.Generator`s a data loader draws its order from: its own `generator` and its
-    sampler's (each once), or none for a plain list of batches.
+    """The `torch.Generator`s a data loader draws its order from (each once): its own `generator` and
+    those of its samplers, found through `sampler` and `batch_sampler` however deep they are nested
+    (a loader Accelerate prepared for several processes keeps its shuffling generator in
+    `batch_sampler.batch_sampler.sampler`, as `synchronized_generator`); none for a plain list of batches.
 
     >>> from torch.utils.data import DataLoader
     >>> g = torch.Generator()
@@ -30,12 +32,18 @@ def loader_generators(loader: Any) -> list[torch.Generator]:
     >>> loader_generators([1, 2])
     []
     """
-    batch_sampler = getattr(loader, "batch_sampler", None)
     found: list[torch.Generator] = []
-    for owner in (loader, getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None)):
-        g = getattr(owner, "generator", None)
-        if isinstance(g, torch.Generator) and all(g is not f for f in found):
-            found.append(g)
+    owners, seen = [loader], set()
+    while owners:
+        owner = owners.pop(0)
+        if owner is None or id(owner) in seen:
+            continue
+        seen.add(id(owner))
+        for name in ("generator", "synchronized_generator"):
+            g = getattr(owner, name, None)
+            if isinstance(g, torch.Generator) and all(g is not f for f in found):
+                found.append(g)
+        owners += [getattr(owner, "sampler", None), getattr(owner, "batch_sampler", None)]
     return found
 
 

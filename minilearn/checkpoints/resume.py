@@ -16,6 +16,7 @@ from minilearn.callback import Callback
 from minilearn.checkpoints.files import read_checkpoint
 from minilearn.checkpoints.learner_state import restore_learner, stateful_callbacks
 from minilearn.checkpoints.random_state import random_states, set_random_states
+from minilearn.distributed import rank, world_size
 from minilearn.exceptions import CheckpointError
 from minilearn.order import Order
 
@@ -91,13 +92,29 @@ class ResumeCB(Callback):
         return self.state["position"]["epoch"]
 
     def before_fit(self, learn):
+        point, now = self._this_process(self.state)
         saved = set(self.state["callbacks"])
         present = set(stateful_callbacks(learn.cbs))
         if saved != present:
             raise ValueError(f"the checkpoint {self.path} holds the state of the callbacks {sorted(saved)}, but this "
                              f"fit has {sorted(present)}: resume with the callbacks of the run that saved it")
         restore_learner(learn, self.state, self.weights, self.path)
-        learn.position.resume_at(self.state["position"], self.state["random"], learn.dls.train)
+        learn.position.resume_at(point, now, learn.dls.train)
+
+    def _this_process(self, state: dict) -> tuple[dict, dict]:
+        # The position and random states of this process: a checkpoint of several processes keeps
+        # each one's, and an exact resume needs the same number of processes, each taking its own.
+        ranks = state.get("ranks")
+        saved_by = len(ranks) if ranks else 1
+        if saved_by != world_size():
+            raise CheckpointError(f"the checkpoint {self.path} was saved by {saved_by} process(es) and this fit runs "
+                                  f"{world_size()}: an exact resume needs the same number (each process takes back "
+                                  f"its own random states and share of the data); learn.load(path) loads the "
+                                  f"weights alone")
+        if not ranks:
+            return state["position"], state["random"]
+        mine = ranks[rank()]
+        return {**state["position"], "pass_start": mine["pass_start"]}, mine["random"]
 
     def cleanup_fit(self, learn):
         learn.position.forget_resume()
