@@ -4,7 +4,7 @@
 that every ready callback is found in one place.
 """
 
-from minilearn.callbacks.accelerate import AccelerateCB, AccelerateCustomCB
+from minilearn.callbacks.accelerate import AccelerateCB, AccelerateCustomCB, reset_accelerate_state
 from minilearn.callbacks.debug import SingleBatchCB
 from minilearn.callbacks.device import DeviceCB
 from minilearn.callbacks.early_stopping import EarlyStoppingCB
@@ -23,4 +23,4 @@ from minilearn.train import TrainCB
 
 __all__ = ["AccelerateCB", "AccelerateCustomCB", "TrainCB", "LRFinderCB", "DeviceCB", "MetricsCB", "Recorder", "ProgressCB", "BatchSchedCB",
            "OneCycleCB", "GradClipCB", "SingleBatchCB", "LossCB", "LogprobLossCB",
-           "SaveModelCB", "EarlyStoppingCB", "TerminateOnNaNCB", "Monitor"]
+           "SaveModelCB", "EarlyStoppingCB", "TerminateOnNaNCB", "Monitor", "reset_accelerate_state"]

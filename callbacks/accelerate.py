@@ -27,7 +27,7 @@ from minilearn.logprobs.tokens import IGNORE_INDEX
 from minilearn.normalized_loss import loss_kind
 from minilearn.order import Order
 
-__all__ = ["AccelerateCB", "AccelerateCustomCB", "VALID_PADDING", "float32_outputs"]
+__all__ = ["AccelerateCB", "AccelerateCustomCB", "VALID_PADDING", "float32_outputs", "reset_accelerate_state"]
 
 
 # How a validation batch's tensors are padded to the longest sequence on any process before the
@@ -38,6 +38,21 @@ VALID_PADDING: dict[str, int] = {"target_tokens": IGNORE_INDEX, "labels": IGNORE
 
 # How long, at exit, the process group's worker threads get to finish releasing their last collective.
 _EXIT_GRACE_SECONDS = 0.25
+
+
+def reset_accelerate_state() -> None:
+    """Forget Accelerate's process-wide settings (its `AcceleratorState`, `GradientState` and
+    `PartialState` singletons) in a process that trains alone.
+
+    `AccelerateCB` resets the first two itself when it is built in one process. Call this before
+    `accelerate.notebook_launcher(train, num_processes=2)` in a notebook that has already trained
+    with Accelerate: the launcher refuses to start processes once an `Accelerator` exists.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        raise RuntimeError("reset_accelerate_state is for a process that trains alone; this one is in a process "
+                           "group of several, whose state Accelerate still needs")
+    AcceleratorState._reset_state(reset_partial_state=True)  # a forked process must not inherit the device setup
+    GradientState._reset_state()
 
 
 @functools.cache  # once per process
@@ -102,7 +117,8 @@ class AccelerateCB(Callback):
             accelerator_kwargs.setdefault("cpu", True)
         if world_size == 1 and not torch.distributed.is_initialized():
             # Accelerate keeps its settings in process-wide singletons, so a second Accelerator would
-            # inherit (or clash with) the first one's. In one process, start each callback afresh.
+            # inherit (or clash with) the first one's. In one process, start each callback afresh (the
+            # process's own setup, PartialState, stays: it cannot change within the process).
             AcceleratorState._reset_state()
             GradientState._reset_state()
         self.acc = Accelerator(mixed_precision=mixed_precision,
