@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from minilearn.callback import Callback
 from minilearn.data import DataLoaders, is_mapping, to_device
-from minilearn.distributed import pad_across_processes
+from minilearn.distributed import is_main_process, pad_across_processes
 from minilearn.exceptions import CancelBatchException
 from minilearn.inputs import SignatureCache, loss_call, store_loss
 from minilearn.logprobs.linear import LinearLogits
@@ -290,7 +290,7 @@ class AccelerateCB(Callback):
             learn.opt = self._user_opt
         if self._dls is not None and learn.dls is self._dls:
             learn.dls = self._user_dls
-        learn.is_main_process, learn.pass_is_sharded, learn.grad_scaler = True, False, None
+        learn.is_main_process, learn.pass_is_sharded, learn.grad_scaler = is_main_process(), False, None
         self.acc.free_memory()  # Accelerate's references to the prepared objects
         self._model = self._opt = self._dls = self._user_model = self._user_opt = self._user_dls = None
         self._user_model_attrs, self._denominator, self._step_kind = frozenset(), None, None

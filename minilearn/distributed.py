@@ -5,6 +5,7 @@ holds its share of the sequences, in the order of the processes' ranks. In one p
 `torch.distributed` group, or a group of one) every function here returns its input.
 """
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from minilearn.data import is_per_row
 
 __all__ = ["world_size", "rank", "sum_across_processes", "pad_across_processes", "all_gather_padded", "gather_sequences", "gather_batch",
-           "gather_objects", "barrier"]
+           "gather_objects", "barrier", "is_main_process"]
 
 
 def world_size() -> int:
@@ -26,6 +27,18 @@ def world_size() -> int:
 def rank() -> int:
     """This process's rank (0 without a `torch.distributed` group)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main_process() -> bool:
+    """False only in a process that is one of several and not the first: rank 0 of the process group,
+    or, before a group exists, the `RANK` a launcher (torchrun, `accelerate launch`) gave it.
+
+    >>> is_main_process()
+    True
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def gather_objects(obj: Any) -> list:

@@ -15,6 +15,7 @@ from fastcore.foundation import L
 from minilearn.callback import Callback, dispatch_table, listeners, method_owner, warn_misspelt_events
 from minilearn.checkpoints.learner_state import load_learner, save_learner
 from minilearn.checkpoints.resume import TrainingPosition, resume_callback
+from minilearn.distributed import is_main_process
 from minilearn.events import EVENTS, STEPS, TRAIN_BATCH, VALID_BATCH
 from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException, UnknownEventError,
                                   loop_note, where_in_fit)
@@ -63,7 +64,8 @@ class Learner:
         # What callbacks set for others to read (each puts back its default when it is removed):
         self.epoch_metrics: dict | None = None  # MetricsCB: the row of the epoch phase that just ended
         self.recorder = None  # Recorder: itself, for `learn.recorder.plot_loss()`
-        self.is_main_process = True  # AccelerateCB: printing callbacks print only where it is True
+        # Printing and saving callbacks act only where it is True. AccelerateCB sets it from its Accelerator.
+        self.is_main_process = is_main_process()
         # AccelerateCB: True while each process sees only its share of the pass (training under several
         # processes), so that sums over the pass are added up across processes (MetricsCB).
         self.pass_is_sharded = False

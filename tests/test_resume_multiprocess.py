@@ -3,15 +3,15 @@ epoch, or by SaveModelCB at an epoch's end, and resumed in a new launch ends wit
 fit never interrupted, bit for bit, on every process. Each process has its own random states (dropout)
 and its share of a shuffled loader; the checkpoint keeps every process's."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from test_accelerate_multiprocess import torchrun
 
 from minilearn import CheckpointError
 from minilearn.checkpoints.files import read_checkpoint
-
-from pathlib import Path
-import sys
 
 sys.path.insert(0, str(Path(__file__).parent / "dist"))
 import resume as script  # noqa: E402
@@ -33,6 +33,12 @@ def test_a_resumed_two_process_fit_gives_the_uninterrupted_weights_bit_for_bit(r
     _, full, resumed = runs
     for process in (0, 1):
         assert all(torch.equal(p, q) for p, q in zip(full["full"][process], resumed[where][process])), process
+
+
+def test_each_process_knows_whether_it_is_the_main_one_after_accelerate_cb_is_removed(runs):
+    # So that `if learn.is_main_process: save(...)` after a fit with a temporary AccelerateCB saves once.
+    _, full, _ = runs
+    assert full["main_after_removal"] == [True, False]
 
 
 def test_the_checkpoint_keeps_each_process_s_own_random_states(runs):

@@ -6,8 +6,8 @@
 - resume: two fresh learners, started from other random states and weights, resume from OUT.ck
   and from the end of epoch 0 of the full run.
 Each process draws its own dropout masks (its own seed), so every process's random states matter.
-OUT gets the final weights of every process: {"full": [rank 0's, rank 1's]} or
-{"mid_epoch": [...], "epoch_end": [...]}.
+OUT gets the final weights of every process: {"full": [rank 0's, rank 1's], "main_after_removal": [...]}
+or {"mid_epoch": [...], "epoch_end": [...]}.
 """
 
 import argparse
@@ -76,6 +76,9 @@ def main():
         if a.mode == "full":
             learn.fit(EPOCHS, cbs=[OneCycleCB(0.1), SaveModelCB(every_epoch=True, keep=3, path=f"{a.out}.saves")])
             out["full"] = weights(learn)
+            # A temporary AccelerateCB, once removed, leaves each process knowing whether it is the main one.
+            learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, AccelerateCB)])
+            out["main_after_removal"] = gather_objects(learn.is_main_process)
         else:
             try:
                 learn.fit(EPOCHS, cbs=[OneCycleCB(0.1), SaveThenInterrupt(f"{a.out}.ck")])
