@@ -26,8 +26,11 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def launches(tmp_path_factory):
-    """{processes: {cell: (weights, table)}} from one plain launch and one torchrun launch."""
-    out = tmp_path_factory.mktemp("matrix")
+    return launch_matrix(tmp_path_factory.mktemp("matrix"))
+
+
+def launch_matrix(out: Path) -> dict:
+    """{processes: {cell: (weights, table)}} from one plain launch and one torchrun launch (files in `out`)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(k, None)
