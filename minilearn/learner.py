@@ -270,6 +270,7 @@ class Learner:
         return extract_model_from_parallel(self.model)
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
-                show_plot: bool = True) -> float:
-        """The learning-rate range test (`minilearn.lr_finder.lr_find`); returns the suggested lr."""
-        return lr_find(self, start_lr, end_lr, num_it, show_plot)
+                show_plot: bool = True, method: str = "valley") -> float:
+        """The learning-rate range test (`minilearn.lr_finder.lr_find`); returns the lr that `method`
+        (`"valley"`, `"steep"`, `"minimum"`) chooses from the loss curve."""
+        return lr_find(self, start_lr, end_lr, num_it, show_plot, method)

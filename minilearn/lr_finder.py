@@ -1,13 +1,60 @@
-"""The learning-rate range test behind `Learner.lr_find`: `LRFinderCB` and `lr_find`."""
+"""The learning-rate range test behind `Learner.lr_find`: `LRFinderCB`, `lr_find`, and the ways of
+choosing one learning rate from its curve (fastai's `valley`, `steep` and `minimum`)."""
 
 import copy
 import math
+from collections.abc import Callable, Sequence
 
 from minilearn.callback import Callback
 from minilearn.exceptions import CancelFitException
 from minilearn.order import Order
 
-__all__ = ["LRFinderCB", "lr_find"]
+__all__ = ["LRFinderCB", "lr_find", "valley", "steep", "minimum", "SUGGESTIONS"]
+
+
+def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """The lr halfway along the longest valley: the longest run of points, in lr order, each with a
+    lower loss than the one before (not necessarily adjacent). It sits in the long stretch where the
+    loss keeps falling, away from the noisy start and from the minimum, past which the loss blows up.
+    fastai's default.
+
+    >>> valley([1, 2, 3, 4, 5, 6, 7], [5.0, 4.0, 6.0, 3.0, 2.0, 1.0, 9.0])  # valley 5, 4, 3, 2, 1: indices 0 to 5
+    3
+    """
+    n = len(losses)
+    length, start = [1] * n, list(range(n))  # of the longest valley ending at each point
+    for i in range(n):
+        for j in range(i):
+            if losses[j] > losses[i] and length[j] + 1 > length[i]:
+                length[i], start[i] = length[j] + 1, start[j]
+    end = max(range(n), key=lambda i: (length[i], -i))  # the longest; the first of equals
+    return lrs[start[end] + (end - start[end]) // 2]
+
+
+def steep(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """The lr where the loss falls fastest per unit of log lr (a central difference), looking only
+    before the loss's minimum.
+
+    >>> steep([1, 10, 100, 1000, 10000, 100000], [5.0, 4.0, 1.5, 1.4, 1.3, 9.0])
+    10
+    """
+    end = max(min(range(len(losses)), key=losses.__getitem__), 2)
+    slopes = [(losses[i + 1] - losses[i - 1]) / (math.log(lrs[i + 1]) - math.log(lrs[i - 1])) for i in range(1, end)]
+    return lrs[1 + min(range(len(slopes)), key=slopes.__getitem__)]
+
+
+def minimum(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """A tenth of the lr of the lowest loss: at the minimum itself training is about to diverge.
+
+    >>> minimum([1.0, 10.0, 100.0], [3.0, 1.0, 2.0])
+    1.0
+    """
+    return lrs[min(range(len(losses)), key=losses.__getitem__)] / 10
+
+
+# The ways `LRFinderCB.suggestion` and `lr_find` choose one learning rate, by name.
+SUGGESTIONS: dict[str, Callable[[Sequence[float], Sequence[float]], float]] = {
+    "valley": valley, "steep": steep, "minimum": minimum}
 
 
 class LRFinderCB(Callback):
@@ -61,19 +108,19 @@ class LRFinderCB(Callback):
             out.append(avg / (1 - beta**i))
         return out
 
-    def suggestion(self) -> float:
-        """The learning rate at which the smoothed loss falls fastest (per unit of log lr), looking
-        only before the loss's minimum."""
+    def suggestion(self, method: str = "valley") -> float:
+        """One learning rate from the smoothed curve, chosen by `method`: `"valley"` (the default),
+        `"steep"` or `"minimum"` (see `SUGGESTIONS`)."""
+        if method not in SUGGESTIONS:
+            raise ValueError(f"unknown lr_find method {method!r}: choose one of {sorted(SUGGESTIONS)}")
         losses = self.smoothed_losses()
         if len(losses) < 3:
             raise ValueError(f"lr_find recorded {len(losses)} losses; it needs at least 3 to suggest a learning rate")
-        end = max(min(range(len(losses)), key=losses.__getitem__), 2)
-        slopes = [(losses[i + 1] - losses[i - 1]) / (math.log(self.lrs[i + 1]) - math.log(self.lrs[i - 1]))
-                  for i in range(1, end)]
-        return self.lrs[1 + min(range(len(slopes)), key=slopes.__getitem__)]
+        return SUGGESTIONS[method](self.lrs[:len(losses)], losses)
 
-    def plot(self):
-        """Plot the smoothed loss against the learning rate on a log axis; returns the matplotlib axes."""
+    def plot(self, method: str = "valley"):
+        """Plot the smoothed loss against the learning rate on a log axis, the lr `method` chooses
+        marked; returns the matplotlib axes."""
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(6, 4))
         n = len(self.losses)
@@ -82,15 +129,19 @@ class LRFinderCB(Callback):
         ax.set_xlabel("learning rate (log scale)")
         ax.set_ylabel("loss (smoothed)")
         if n >= 3:
-            ax.axvline(self.suggestion(), color="red", linestyle="--", label=f"suggested lr {self.suggestion():.2e}")
+            lr = self.suggestion(method)
+            ax.axvline(lr, color="red", linestyle="--", label=f"{method}: lr {lr:.2e}")
             ax.legend()
         return ax
 
 
-def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, show_plot: bool = True) -> float:
+def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, show_plot: bool = True,
+            method: str = "valley") -> float:
     """Run `LRFinderCB` on `learn` for up to `num_it` training batches (as many epochs as that takes),
-    then return its suggested learning rate; see `Learner.lr_find`. A learner that had no optimizer
-    has none again afterwards."""
+    then return the learning rate `method` chooses (`"valley"`, `"steep"` or `"minimum"`); see
+    `Learner.lr_find`. A learner that had no optimizer has none again afterwards."""
+    if method not in SUGGESTIONS:
+        raise ValueError(f"unknown lr_find method {method!r}: choose one of {sorted(SUGGESTIONS)}")
     had_opt = learn.opt is not None
     finder = LRFinderCB(start_lr, end_lr, num_it)
     try:
@@ -103,5 +154,5 @@ def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 1
         if not had_opt:
             learn.opt = None
     if show_plot:
-        finder.plot()
-    return finder.suggestion()
+        finder.plot(method)
+    return finder.suggestion(method)
