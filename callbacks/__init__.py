@@ -5,6 +5,7 @@ that every ready callback is found in one place.
 """
 
 from minilearn.callbacks.accelerate import AccelerateCB, AccelerateCustomCB, reset_accelerate_state
+from minilearn.callbacks.csv_logger import CSVLoggerCB
 from minilearn.callbacks.debug import SingleBatchCB
 from minilearn.callbacks.device import DeviceCB
 from minilearn.callbacks.early_stopping import EarlyStoppingCB
@@ -23,4 +24,4 @@ from minilearn.train import TrainCB
 
 __all__ = ["AccelerateCB", "AccelerateCustomCB", "TrainCB", "LRFinderCB", "DeviceCB", "MetricsCB", "Recorder", "ProgressCB", "BatchSchedCB",
            "OneCycleCB", "GradClipCB", "SingleBatchCB", "LossCB", "LogprobLossCB",
-           "SaveModelCB", "EarlyStoppingCB", "TerminateOnNaNCB", "Monitor", "reset_accelerate_state"]
+           "SaveModelCB", "EarlyStoppingCB", "CSVLoggerCB", "TerminateOnNaNCB", "Monitor", "reset_accelerate_state"]

@@ -40,6 +40,9 @@ class Order:
     RECORDER = 45
     # Prints the row MetricsCB wrote at after_epoch.
     PROGRESS = 50
+    # Writes the row MetricsCB wrote at after_epoch, before SaveModelCB saves: a checkpoint never
+    # runs ahead of the file, so a resumed fit knows which rows to keep.
+    CSV_LOGGER = 55
     # Sets the learning rate at before_batch and steps the schedule after the optimizer step.
     SCHEDULE = 60
     # Counts the epoch after MetricsCB wrote its row, before SaveModelCB saves (so a checkpoint holds

@@ -3,6 +3,7 @@ epoch, or by SaveModelCB at an epoch's end, and resumed in a new launch ends wit
 fit never interrupted, bit for bit, on every process. Each process has its own random states (dropout)
 and its share of a shuffled loader; the checkpoint keeps every process's."""
 
+import csv
 import sys
 from pathlib import Path
 
@@ -39,6 +40,14 @@ def test_each_process_knows_whether_it_is_the_main_one_after_accelerate_cb_is_re
     # So that `if learn.is_main_process: save(...)` after a fit with a temporary AccelerateCB saves once.
     _, full, _ = runs
     assert full["main_after_removal"] == [True, False]
+
+
+def test_the_csv_log_of_two_processes_is_written_once_and_holds_the_global_table(runs):
+    out, full, _ = runs
+    with open(f"{out}.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["epoch"]), r["phase"], float(r["loss"])) for r in rows] == \
+        [(h["epoch"], h["phase"], h["loss"]) for h in full["history"]]
 
 
 def test_the_checkpoint_keeps_each_process_s_own_random_states(runs):

@@ -1,7 +1,8 @@
 """Exact resume under several processes, run by tests/test_resume_multiprocess.py.
 
 `python -m torch.distributed.run --nproc_per_node 2 resume.py OUT --mode full|interrupt|resume`:
-- full: 3 epochs uninterrupted, SaveModelCB saving after every epoch into OUT.saves;
+- full: 3 epochs uninterrupted, SaveModelCB saving after every epoch into OUT.saves, CSVLoggerCB
+  writing OUT.csv;
 - interrupt: the same fit, saved in the middle of epoch 1 into OUT.ck and stopped;
 - resume: two fresh learners, started from other random states and weights, resume from OUT.ck
   and from the end of epoch 0 of the full run.
@@ -19,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from minilearn import Callback, DataLoaders, Learner
-from minilearn.callbacks import AccelerateCB, MetricsCB, OneCycleCB, SaveModelCB
+from minilearn.callbacks import AccelerateCB, CSVLoggerCB, MetricsCB, OneCycleCB, SaveModelCB
 from minilearn.distributed import gather_objects, rank
 
 EPOCHS, INTERRUPT_AT = 3, (1, 5)  # (epoch, batch) of the mid-epoch save
@@ -74,8 +75,10 @@ def main():
         learn = learner(seed=0)
         seed_process(100)
         if a.mode == "full":
-            learn.fit(EPOCHS, cbs=[OneCycleCB(0.1), SaveModelCB(every_epoch=True, keep=3, path=f"{a.out}.saves")])
+            learn.fit(EPOCHS, cbs=[OneCycleCB(0.1), SaveModelCB(every_epoch=True, keep=3, path=f"{a.out}.saves"),
+                                   CSVLoggerCB(f"{a.out}.csv")])
             out["full"] = weights(learn)
+            out["history"] = next(cb for cb in learn.cbs if isinstance(cb, MetricsCB)).history
             # A temporary AccelerateCB, once removed, leaves each process knowing whether it is the main one.
             learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, AccelerateCB)])
             out["main_after_removal"] = gather_objects(learn.is_main_process)
