@@ -19,9 +19,10 @@ from minilearn.callbacks.recorder import Recorder
 from minilearn.callbacks.save_model import SaveModelCB
 from minilearn.callbacks.schedule import BatchSchedCB, OneCycleCB
 from minilearn.callbacks.terminate_nan import TerminateOnNaNCB
+from minilearn.callbacks.tracker import TrackerCB
 from minilearn.lr_finder import LRFinderCB
 from minilearn.train import TrainCB
 
 __all__ = ["AccelerateCB", "AccelerateCustomCB", "TrainCB", "LRFinderCB", "DeviceCB", "MetricsCB", "Recorder", "ProgressCB", "BatchSchedCB",
            "OneCycleCB", "GradClipCB", "SingleBatchCB", "LossCB", "LogprobLossCB",
-           "SaveModelCB", "EarlyStoppingCB", "CSVLoggerCB", "TerminateOnNaNCB", "Monitor", "reset_accelerate_state"]
+           "SaveModelCB", "EarlyStoppingCB", "CSVLoggerCB", "TrackerCB", "TerminateOnNaNCB", "Monitor", "reset_accelerate_state"]

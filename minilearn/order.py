@@ -43,6 +43,8 @@ class Order:
     # Writes the row MetricsCB wrote at after_epoch, before SaveModelCB saves: a checkpoint never
     # runs ahead of the file, so a resumed fit knows which rows to keep.
     CSV_LOGGER = 55
+    # Logs the row MetricsCB wrote, and the loss of each batch, like CSV_LOGGER.
+    TRACKER = 55
     # Sets the learning rate at before_batch and steps the schedule after the optimizer step.
     SCHEDULE = 60
     # Counts the epoch after MetricsCB wrote its row, before SaveModelCB saves (so a checkpoint holds
