@@ -21,6 +21,7 @@ from minilearn.exceptions import (CancelBatchException, CancelEpochException, Ca
                                   loop_note, where_in_fit)
 from minilearn.logprobs.forward_backward import CustomLossResult, LogprobLossFn, forward_backward_custom
 from minilearn.lr_finder import lr_find
+from minilearn.predictions import Predictions, get_preds, top_losses
 from minilearn.train import TrainCB
 
 __all__ = ["Learner"]
@@ -268,6 +269,20 @@ class Learner:
         """`model` without the wrappers a launcher puts around it (DDP, FSDP, DeepSpeed, `torch.compile`):
         the user's own module, whose weights a checkpoint holds. `model` itself when there are none."""
         return extract_model_from_parallel(self.model)
+
+    def get_preds(self, dl: Any = None, with_loss: bool = False) -> Predictions:
+        """The model outputs over `dl` (default `dls.valid`) in dataset order, concatenated (sequence
+        dimensions padded where batches differ), with `targets` (the non-model part of each batch) and,
+        with `with_loss=True`, one loss per item, computed by the loss's owner on each item alone.
+        Runs in eval mode under no_grad with the callbacks that own `predict` and `get_loss` (AccelerateCB
+        gathers every process's share: each process gets the whole set), and leaves the learner as it was.
+
+        `Predictions(preds, targets, losses)`; see `minilearn.predictions`."""
+        return get_preds(self, dl, with_loss)
+
+    def top_losses(self, k: int = 9, dl: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(indices, losses)` of the `k` items of `dl` (default `dls.valid`) with the largest loss."""
+        return top_losses(self, k, dl)
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
                 show_plot: bool = True, method: str = "valley") -> float:

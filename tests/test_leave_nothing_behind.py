@@ -13,8 +13,9 @@ from test_accelerate import fresh_accelerate, reset_accelerate  # noqa: F401
 
 import minilearn.callbacks as callbacks
 from minilearn import Callback, DataLoaders, Learner
-from minilearn.callbacks import (AccelerateCB, AccelerateCustomCB, BatchSchedCB, DeviceCB, EarlyStoppingCB,
-                                 GradClipCB, LogprobLossCB, LossCB, LRFinderCB, MetricsCB, OneCycleCB, SaveModelCB)
+from minilearn.callbacks import (AccelerateCB, AccelerateCustomCB, BatchSchedCB, CSVLoggerCB, DeviceCB, EarlyStoppingCB,
+                                 GradClipCB, LogprobLossCB, LossCB, LRFinderCB, MetricsCB, OneCycleCB, SaveModelCB,
+                                 TrackerCB)
 from minilearn.losses import WeightedCrossEntropy, make_variance_loss
 from minilearn.demo.tiny_model import TinyCausalLM
 from minilearn.testing import check_callback, learner_fingerprint, left_behind, tiny_learner
@@ -63,6 +64,8 @@ def with_arguments(tmp_path):
                           lambda: [LogprobLossCB(make_variance_loss(), two_pass=True)]],
         "SaveModelCB": [lambda: [MetricsCB(), SaveModelCB(every_epoch=True, path=tmp_path / "ckpt")]],
         "EarlyStoppingCB": [lambda: [MetricsCB(), EarlyStoppingCB(patience=1)]],
+        "CSVLoggerCB": [lambda: [MetricsCB(), CSVLoggerCB(tmp_path / "history.csv")]],
+        "TrackerCB": [lambda: [MetricsCB(), TrackerCB(logging_dir=tmp_path / "runs")]],
     }
 
 

@@ -50,6 +50,22 @@ def test_the_csv_log_of_two_processes_is_written_once_and_holds_the_global_table
         [(h["epoch"], h["phase"], h["loss"]) for h in full["history"]]
 
 
+def test_get_preds_of_two_processes_is_the_whole_validation_set_of_one_process(runs):
+    # 30 validation rows in batches of 8: the processes' shares are uneven, and Accelerate pads the
+    # shorter one with repeated rows, which must not come back.
+    _, full, _ = runs
+    learn = script.learner(seed=0)
+    with torch.no_grad():
+        for p, w in zip(learn.model.parameters(), full["full"][0]):
+            p.copy_(w)
+    want = learn.get_preds(with_loss=True)
+    for preds, targets, losses in full["preds"]:  # every process got the whole set
+        assert preds.shape == want.preds.shape == (30, 1)
+        torch.testing.assert_close(preds, want.preds, rtol=1e-6, atol=1e-6)
+        assert torch.equal(targets, want.targets)
+        torch.testing.assert_close(losses, want.losses, rtol=1e-5, atol=1e-6)
+
+
 def test_the_checkpoint_keeps_each_process_s_own_random_states(runs):
     out, _, _ = runs
     state, _ = read_checkpoint(f"{out}.ck")

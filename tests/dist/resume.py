@@ -7,8 +7,9 @@
 - resume: two fresh learners, started from other random states and weights, resume from OUT.ck
   and from the end of epoch 0 of the full run.
 Each process draws its own dropout masks (its own seed), so every process's random states matter.
-OUT gets the final weights of every process: {"full": [rank 0's, rank 1's], "main_after_removal": [...]}
-or {"mid_epoch": [...], "epoch_end": [...]}.
+OUT gets the final weights of every process: {"full": [rank 0's, rank 1's], "main_after_removal": [...],
+"history": the epoch table, "preds": each process's get_preds(with_loss=True)} or
+{"mid_epoch": [...], "epoch_end": [...]}.
 """
 
 import argparse
@@ -45,7 +46,7 @@ def learner(seed: int) -> Learner:
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.3), nn.ReLU(), nn.Linear(8, 1))
     dls = DataLoaders(DataLoader(TensorDataset(x[:64], y[:64]), batch_size=4, shuffle=True),
-                      DataLoader(TensorDataset(x[64:], y[64:]), batch_size=8))
+                      DataLoader(TensorDataset(x[64:94], y[64:94]), batch_size=8))  # 8, 8, 8, 6: uneven shards
     return Learner(model, dls, F.mse_loss, lr=0.05, opt_func=torch.optim.Adam, cbs=[MetricsCB(), AccelerateCB()])
 
 
@@ -79,6 +80,8 @@ def main():
                                    CSVLoggerCB(f"{a.out}.csv")])
             out["full"] = weights(learn)
             out["history"] = next(cb for cb in learn.cbs if isinstance(cb, MetricsCB)).history
+            preds = learn.get_preds(with_loss=True)
+            out["preds"] = gather_objects((preds.preds, preds.targets, preds.losses))
             # A temporary AccelerateCB, once removed, leaves each process knowing whether it is the main one.
             learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, AccelerateCB)])
             out["main_after_removal"] = gather_objects(learn.is_main_process)
