@@ -4,6 +4,7 @@
 that every ready callback is found in one place.
 """
 
+from minilearn.callbacks.activation_stats import ActivationStatsCB
 from minilearn.callbacks.accelerate import AccelerateCB, AccelerateCustomCB, reset_accelerate_state
 from minilearn.callbacks.csv_logger import CSVLoggerCB
 from minilearn.callbacks.debug import SingleBatchCB
@@ -25,4 +26,4 @@ from minilearn.train import TrainCB
 
 __all__ = ["AccelerateCB", "AccelerateCustomCB", "TrainCB", "LRFinderCB", "DeviceCB", "MetricsCB", "Recorder", "ProgressCB", "BatchSchedCB",
            "OneCycleCB", "GradClipCB", "SingleBatchCB", "LossCB", "LogprobLossCB",
-           "SaveModelCB", "EarlyStoppingCB", "CSVLoggerCB", "TrackerCB", "TerminateOnNaNCB", "Monitor", "reset_accelerate_state"]
+           "SaveModelCB", "EarlyStoppingCB", "CSVLoggerCB", "TrackerCB", "ActivationStatsCB", "TerminateOnNaNCB", "Monitor", "reset_accelerate_state"]

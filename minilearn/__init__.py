@@ -5,12 +5,14 @@ from minilearn.data import DataLoaders, batch_size, default_device, to_device
 from minilearn.events import EVENTS, LOOP_STATE, STEPS
 from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException, CheckpointError,
                                   LossOutputError, MissingInputError, UnknownEventError)
+from minilearn.hooks import Hooks
 from minilearn.learner import Learner
 from minilearn.logprobs import (IGNORE_INDEX, CustomLossResult, FusedHead, LabelsToTargets, forward_backward_custom,
                                 logprob_targets, sequence_logprobs, targets_from_labels)
 from minilearn.lr_finder import LRFinderCB
 from minilearn.normalized_loss import LossTensor, NormalizedLoss
 from minilearn.order import Order
+from minilearn.predictions import Predictions
 from minilearn.train import TrainCB
 
 __version__ = "0.1.0"
@@ -22,5 +24,5 @@ __all__ = [
     "UnknownEventError", "MissingInputError", "LossOutputError", "CheckpointError",
     "NormalizedLoss", "LossTensor", "forward_backward_custom", "CustomLossResult", "logprob_targets", "sequence_logprobs",
     "DataLoaders", "to_device", "batch_size", "default_device", "FusedHead", "IGNORE_INDEX",
-    "targets_from_labels", "LabelsToTargets",
+    "targets_from_labels", "LabelsToTargets", "Hooks", "Predictions",
 ]

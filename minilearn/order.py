@@ -34,6 +34,8 @@ class Order:
     LOGPROB_LOSS = 30
     # Clips at after_backward, once the owner of backward has left the gradients in place.
     GRAD_CLIP = 30
+    # Only watches (its hooks record during the forward pass): anywhere after the device is set.
+    ACTIVATION_STATS = 35
     # Reads each batch's loss and metrics after the step owners are done with them.
     METRICS = 40
     # Records the loss and lr, and can read the epoch's row MetricsCB wrote at after_epoch.
