@@ -21,7 +21,7 @@ from minilearn.callback import Callback
 from minilearn.data import DataLoaders, is_mapping, to_device
 from minilearn.distributed import is_main_process, pad_across_processes
 from minilearn.exceptions import CancelBatchException
-from minilearn.inputs import SignatureCache, loss_call, store_loss
+from minilearn.inputs import SignatureCache, loss_call, per_item_losses, store_loss
 from minilearn.logprobs.linear import LinearLogits
 from minilearn.logprobs.tokens import IGNORE_INDEX
 from minilearn.normalized_loss import loss_kind
@@ -348,3 +348,8 @@ class AccelerateCustomCB(AccelerateCB):
         with torch.autocast(device_type=self.acc.device.type, enabled=False):
             out = loss_call(self.loss, float32_outputs(learn.preds), learn.batch, learn.n_inp, self._signature(self.loss))
         store_loss(learn, out, self.loss)
+
+    def item_losses(self, learn):
+        """The loss of each item from the loss's per-item form, or None (for `Learner.get_preds`)."""
+        with torch.autocast(device_type=self.acc.device.type, enabled=False):
+            return per_item_losses(self.loss, float32_outputs(learn.preds), learn.batch, learn.n_inp)

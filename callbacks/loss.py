@@ -3,7 +3,7 @@
 from collections.abc import Callable
 
 from minilearn.callback import Callback
-from minilearn.inputs import SignatureCache, loss_call, store_loss
+from minilearn.inputs import SignatureCache, loss_call, per_item_losses, store_loss
 from minilearn.order import Order
 
 __all__ = ["LossCB"]
@@ -30,6 +30,10 @@ class LossCB(Callback):
 
     def get_loss(self, learn):
         store_loss(learn, loss_call(self.loss, learn.preds, learn.batch, learn.n_inp, self._signature(self.loss)), self.loss)
+
+    def item_losses(self, learn):
+        """The loss of each item from the loss's per-item form, or None (for `Learner.get_preds`)."""
+        return per_item_losses(self.loss, learn.preds, learn.batch, learn.n_inp)
 
     def __repr__(self) -> str:
         return f"{self.name}({self.loss!r}, order={self.order})"

@@ -20,7 +20,7 @@ from minilearn.exceptions import LossOutputError, MissingInputError
 from minilearn.normalized_loss import LossTensor, NormalizedLoss
 
 __all__ = ["Signature", "signature_of", "SignatureCache", "model_input_names", "input_module",
-           "model_call", "loss_call", "select_output",
+           "model_call", "loss_call", "per_item_losses", "select_output",
            "split_loss_output",
            "store_loss", "callable_name"]
 
@@ -172,6 +172,26 @@ def loss_call(f: Callable, output: Any, batch: Any, n_inp: int, sig: Signature |
     if not sig.takes_var_positional:
         extras = extras[:len(sig.names)]
     return f(preds, *extras)
+
+
+def per_item_losses(loss: Callable, output: Any, batch: Any, n_inp: int) -> torch.Tensor | None:
+    """The loss of each item of `batch` from the loss's own per-item form, `loss.per_item`, which takes
+    the loss's inputs and returns `(B,)`, the value the loss gives on each item alone (the plug-in token
+    losses have one: a value per sequence); None when the loss has no such form.
+
+    >>> from minilearn.losses import WeightedCrossEntropy
+    >>> per_item_losses(WeightedCrossEntropy(), torch.zeros(2, 3, 4), {"target_tokens": torch.zeros(2, 3, dtype=torch.long)}, 1)
+    tensor([1.3863, 1.3863])
+    """
+    fn = getattr(loss, "per_item", None)
+    if fn is None:
+        return None
+    out = loss_call(fn, output, batch, n_inp, signature_of(fn))
+    rows = next(v.shape[0] for v in (batch.values() if is_mapping(batch) else batch) if isinstance(v, torch.Tensor))
+    if not isinstance(out, torch.Tensor) or out.shape != (rows,):
+        raise LossOutputError(f"{callable_name(loss)}.per_item must return one value per item, shape ({rows},), got "
+                              f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    return out
 
 
 def split_loss_output(out: Any, f: Callable) -> tuple[torch.Tensor, dict, LossTensor | None]:

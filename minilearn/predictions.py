@@ -105,7 +105,8 @@ def _row(preds: Any, i: int, rows: int) -> Any:
 
 
 def _item_losses(learn, rows: int) -> list[torch.Tensor]:
-    # The loss owner called on each item alone: the loss of that item, whatever the loss is.
+    # The loss owner called on each item alone: the loss of that item, whatever the loss is (for a
+    # loss without a per-item form of its own).
     preds, batch, out = learn.preds, learn.batch, []
     for i in range(rows):
         learn.preds = _row(preds, i, rows)
@@ -138,7 +139,9 @@ def get_preds(learn, dl: Any = None, with_loss: bool = False) -> Predictions:
                 preds.append(_detached(learn.preds))
                 targets.append(_targets(learn, learn.batch))
                 if with_loss:
-                    losses += _item_losses(learn, batch_size(learn.batch))
+                    owner = learn.step_owners["get_loss"]
+                    own = owner.item_losses(learn) if hasattr(owner, "item_losses") else None
+                    losses += list(own.detach()) if own is not None else _item_losses(learn, batch_size(learn.batch))
     finally:
         learn.model.train(was_training)
         learn.dl, learn.training, learn.batch, learn.preds, learn.loss, learn.loss_parts, learn.loss_metrics = saved

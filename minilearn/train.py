@@ -3,7 +3,8 @@
 from collections.abc import Sequence
 
 from minilearn.callback import Callback
-from minilearn.inputs import SignatureCache, input_module, loss_call, model_call, model_input_names, store_loss
+from minilearn.inputs import (SignatureCache, input_module, loss_call, model_call, model_input_names, per_item_losses,
+                              store_loss)
 from minilearn.order import Order
 
 __all__ = ["TrainCB"]
@@ -43,6 +44,11 @@ class TrainCB(Callback):
                              "that owns get_loss (for example LossCB(loss) or AccelerateCustomCB(loss))")
         out = loss_call(learn.loss_func, learn.preds, learn.batch, learn.n_inp, self._loss_signature(learn.loss_func))
         store_loss(learn, out, learn.loss_func)
+
+    def item_losses(self, learn):
+        """The loss of each item of `learn.batch` from the loss's per-item form, or None (see
+        `minilearn.inputs.per_item_losses`); `Learner.get_preds` asks the owner of `get_loss`."""
+        return per_item_losses(learn.loss_func, learn.preds, learn.batch, learn.n_inp)
 
     def backward(self, learn):
         # One micro-batch per step here, so the ratio of a loss with a denominator (a LossTensor

@@ -9,10 +9,10 @@ from test_hf_data import collator, dataset, gpt2
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from minilearn import DataLoaders, Learner
+from minilearn import DataLoaders, Learner, LossOutputError
 from minilearn.callbacks import AccelerateCustomCB, LossCB
 from minilearn.demo import TinyCausalLM
-from minilearn.losses import WeightedCrossEntropy
+from minilearn.losses import KeyTokenWeightedLoss, WeightedCrossEntropy
 from minilearn.predictions import Predictions
 
 
@@ -112,3 +112,50 @@ def test_an_empty_loader_is_an_error():
     learn, _, _ = tuple_learner()
     with pytest.raises(ValueError, match="without batches"):
         learn.get_preds(dl=[])
+
+
+@pytest.mark.parametrize("make", [lambda: WeightedCrossEntropy(), lambda: WeightedCrossEntropy(reduction="sum"),
+                                  lambda: KeyTokenWeightedLoss([2, 5], alpha=1.5)],
+                         ids=["weight-mean", "sum", "key-token"])
+def test_a_plug_in_loss_s_per_item_form_is_the_loss_of_each_item_alone(make):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 6, 7, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, 7, (5, 6), generator=g)
+    targets[1, 3:] = -100
+    targets[2] = -100  # nothing to predict: 0
+    weights = torch.rand(5, 6, generator=g, dtype=torch.float64)
+    weights[3] = 0  # weights that sum to zero: 0
+    mask = torch.ones(5, 6, dtype=torch.long)
+    mask[4, 2:] = 0
+    loss = make()
+    if isinstance(loss, KeyTokenWeightedLoss):
+        inputs, alone = (targets.clamp(min=0), mask), lambda i: loss(logits[i:i + 1], targets.clamp(min=0)[i:i + 1], mask[i:i + 1])
+    else:
+        inputs, alone = (targets, weights), lambda i: loss(logits[i:i + 1], targets[i:i + 1], weights[i:i + 1])
+    per_item = loss.per_item(logits, *inputs)
+    assert per_item.shape == (5,)
+    torch.testing.assert_close(per_item, torch.stack([alone(i).as_subclass(torch.Tensor) for i in range(5)]),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_get_preds_uses_the_loss_s_per_item_form_and_checks_its_shape():
+    class Halved(nn.Module):
+        def forward(self, preds, target):
+            return F.cross_entropy(preds, target)
+
+        def per_item(self, preds, target):
+            return F.cross_entropy(preds, target, reduction="none") / 2
+
+    learn, x, y = tuple_learner()
+    with learn.added_cbs(LossCB(Halved())):
+        losses = learn.get_preds(with_loss=True).losses
+    with torch.no_grad():
+        torch.testing.assert_close(losses, F.cross_entropy(learn.model(x), y, reduction="none") / 2)
+
+    class Wrong(Halved):
+        def per_item(self, preds, target):
+            return preds.sum()
+
+    learn.loss_func = Wrong()
+    with pytest.raises(LossOutputError, match=r"Wrong.per_item must return one value per item, shape \(6,\), got \(\)"):
+        learn.get_preds(with_loss=True)

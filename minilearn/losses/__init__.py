@@ -27,7 +27,8 @@ from minilearn.losses.renamed import (ImportanceSamplingLoss, bradley_terry_loss
                                       importance_sampling_loss, variance_loss)
 from minilearn.losses.sequence import (make_bradley_terry_loss, make_candidate_ce_loss, make_dpo_loss,
                                        make_variance_loss, pairwise_logistic, sequence_totals)
-from minilearn.losses.tokens import check_token_values, masked_mean, masked_sum, token_mask, weight_normalized
+from minilearn.losses.tokens import (check_token_values, masked_mean, masked_sum, per_row_sums, per_row_weight_normalized,
+                                    token_mask, weight_normalized)
 from minilearn.losses.weighted_ce import Reduction, WeightedCrossEntropy, weighted_cross_entropy
 
 __all__ = [
@@ -39,5 +40,6 @@ __all__ = [
     "key_token_weighted_loss", "KeyTokenWeightedLoss",
     "make_dpo_loss", "make_bradley_terry_loss", "make_candidate_ce_loss", "make_variance_loss",
     "pairwise_logistic", "sequence_totals",
-    "check_token_values", "token_mask", "masked_sum", "masked_mean", "weight_normalized",
+    "check_token_values", "token_mask", "masked_sum", "masked_mean", "weight_normalized", "per_row_sums",
+    "per_row_weight_normalized",
 ]

@@ -48,6 +48,16 @@ def key_token_weighted_loss(logits: torch.Tensor, input_ids: torch.Tensor,
     >>> round(out.item(), 4), out.metrics["mean_sample_weight"].item()   # log(4) * (2 + 3) / 2
     (3.4657, 2.5)
     """
+    weighted, counted, sample_weight = _weighted_samples(logits, input_ids, keytoken_ids, alpha, attention_mask,
+                                                         pad_token_id, ignore_index)
+    return NormalizedLoss(masked_sum(weighted, counted), counted.sum(),
+                          {"mean_sample_weight": masked_mean(sample_weight, counted)}).as_tensor()
+
+
+def _weighted_samples(logits: torch.Tensor, input_ids: torch.Tensor, keytoken_ids: Sequence[int] | torch.Tensor,
+                      alpha: float, attention_mask: torch.Tensor | None, pad_token_id: int | None,
+                      ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # `weight_b * loss_b` of each sample, which samples count (they have a target), and `weight_b`.
     check_targets(logits, input_ids, ignore_index, name="input_ids")
     if input_ids.ndim != logits.ndim - 1 or input_ids.ndim < 1:
         raise ValueError(f"input_ids of shape {tuple(input_ids.shape)} must be (..., T) with logits (..., T, V), "
@@ -70,8 +80,7 @@ def key_token_weighted_loss(logits: torch.Tensor, input_ids: torch.Tensor,
     n_key = (torch.isin(input_ids, _as_ids(keytoken_ids).to(input_ids.device)) & keep).sum(-1)
     sample_weight = alpha * (1 + n_key.to(lp.dtype))
     counted = n_targets > 0
-    return NormalizedLoss(masked_sum(sample_weight * per_sample, counted), counted.sum(),
-                          {"mean_sample_weight": masked_mean(sample_weight, counted)}).as_tensor()
+    return sample_weight * per_sample, counted, sample_weight
 
 
 class KeyTokenWeightedLoss(nn.Module):
@@ -97,6 +106,14 @@ class KeyTokenWeightedLoss(nn.Module):
                 attention_mask: torch.Tensor | None = None) -> LossTensor:
         return key_token_weighted_loss(logits, input_ids, self.keytoken_ids, self.alpha, attention_mask,
                                        self.pad_token_id, self.ignore_index)
+
+    def per_item(self, logits: torch.Tensor, input_ids: torch.Tensor,
+                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`(B,)`: each sample's `weight_b * loss_b`, the loss it gets alone (0 for a sample without a
+        target), for `Learner.get_preds(with_loss=True)`."""
+        weighted, counted, _ = _weighted_samples(logits, input_ids, self.keytoken_ids, self.alpha, attention_mask,
+                                                 self.pad_token_id, self.ignore_index)
+        return torch.where(counted, weighted, torch.zeros_like(weighted))
 
     def extra_repr(self) -> str:
         return f"keytoken_ids={self.keytoken_ids.tolist()}, alpha={self.alpha}, pad_token_id={self.pad_token_id}"

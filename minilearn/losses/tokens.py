@@ -6,7 +6,8 @@ import torch
 from minilearn.logprobs.tokens import IGNORE_INDEX
 from minilearn.normalized_loss import LossTensor, NormalizedLoss
 
-__all__ = ["check_token_values", "token_mask", "masked_sum", "masked_mean", "weight_normalized"]
+__all__ = ["check_token_values", "token_mask", "masked_sum", "masked_mean", "weight_normalized", "per_row_sums",
+           "per_row_weight_normalized"]
 
 
 def check_token_values(name: str, values: torch.Tensor, target_tokens: torch.Tensor) -> None:
@@ -82,3 +83,25 @@ def weight_normalized(terms: torch.Tensor, weights: torch.Tensor, mask: torch.Te
     return NormalizedLoss(-masked_sum(terms, mask), denominator,
                           {**(metrics or {}), "weight_sum": denominator,
                            "zero_weight_batches": (denominator == 0).to(denominator.dtype)}).as_tensor()
+
+
+def per_row_sums(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`(B,)`: the masked sum of each row (sequence) of `values` `(B, ...)`, over all its other dimensions.
+
+    >>> per_row_sums(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[True, False], [True, True]]))
+    tensor([1., 7.])
+    """
+    rows = values.shape[0]
+    return masked_sum(values.reshape(rows, -1), mask.expand_as(values).reshape(rows, -1), dim=-1)
+
+
+def per_row_weight_normalized(terms: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`(B,)`: `weight_normalized` of each row alone, `-(sum terms) / (sum weights)` within the row,
+    0 for a row whose weights sum to zero: the loss each sequence would get as a batch of its own.
+
+    >>> per_row_weight_normalized(torch.tensor([[-1.0, -4.0], [-2.0, 0.0]]), torch.ones(2, 2), torch.ones(2, 2, dtype=torch.bool))
+    tensor([2.5000, 1.0000])
+    """
+    total, denominator = -per_row_sums(terms, mask), per_row_sums(weights, mask)
+    return torch.where(denominator != 0, total / torch.where(denominator != 0, denominator, torch.ones_like(denominator)),
+                       total * 0)

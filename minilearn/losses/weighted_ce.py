@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from minilearn.logprobs.tokens import IGNORE_INDEX, token_logprobs
-from minilearn.losses.tokens import check_token_values, token_mask, weight_normalized
+from minilearn.losses.tokens import (check_token_values, per_row_sums, per_row_weight_normalized, token_mask,
+                                    weight_normalized)
 from minilearn.normalized_loss import LossTensor
 
 __all__ = ["weighted_cross_entropy", "WeightedCrossEntropy", "Reduction"]
@@ -49,13 +50,20 @@ def weighted_cross_entropy(logits: torch.Tensor, target_tokens: torch.Tensor, we
     (2.2064, True)
     """
     _check_reduction(reduction)
+    terms, w, mask = _weighted_logprobs(logits, target_tokens, weights, ignore_index)
+    out = weight_normalized(terms, w, mask)
+    return LossTensor.of_sum(out.total, out.metrics) if reduction == "sum" else out
+
+
+def _weighted_logprobs(logits: torch.Tensor, target_tokens: torch.Tensor, weights: torch.Tensor | None,
+                       ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # `w_t lp_t`, `w_t` and the mask of the positions that count.
     lp = token_logprobs(logits, target_tokens, ignore_index)
     if weights is None:
         weights = torch.ones_like(lp)
     check_token_values("weights", weights, target_tokens)
-    w, mask = weights.to(lp.dtype), token_mask(target_tokens, ignore_index)
-    out = weight_normalized(w * lp, w, mask)
-    return LossTensor.of_sum(out.total, out.metrics) if reduction == "sum" else out
+    w = weights.to(lp.dtype)
+    return w * lp, w, token_mask(target_tokens, ignore_index)
 
 
 class WeightedCrossEntropy(nn.Module):
@@ -78,6 +86,13 @@ class WeightedCrossEntropy(nn.Module):
     def forward(self, logits: torch.Tensor, target_tokens: torch.Tensor,
                 weights: torch.Tensor | None = None) -> LossTensor:
         return weighted_cross_entropy(logits, target_tokens, weights, self.reduction, self.ignore_index)
+
+    def per_item(self, logits: torch.Tensor, target_tokens: torch.Tensor,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+        """`(B,)`: the loss of each sequence alone (what `forward` gives on a batch of that one
+        sequence), for `Learner.get_preds(with_loss=True)`; the first dimension is the sequence."""
+        terms, w, mask = _weighted_logprobs(logits, target_tokens, weights, self.ignore_index)
+        return -per_row_sums(terms, mask) if self.reduction == "sum" else per_row_weight_normalized(terms, w, mask)
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}, ignore_index={self.ignore_index}"
