@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from minilearn import DataLoaders, Learner, LossOutputError
 from minilearn.callbacks import AccelerateCustomCB, LossCB
 from minilearn.demo import TinyCausalLM
-from minilearn.losses import KeyTokenWeightedLoss, WeightedCrossEntropy
+from minilearn.losses import ImportanceWeightedCrossEntropy, KeyTokenWeightedLoss, WeightedCrossEntropy
 from minilearn.predictions import Predictions
 
 
@@ -115,8 +115,9 @@ def test_an_empty_loader_is_an_error():
 
 
 @pytest.mark.parametrize("make", [lambda: WeightedCrossEntropy(), lambda: WeightedCrossEntropy(reduction="sum"),
-                                  lambda: KeyTokenWeightedLoss([2, 5], alpha=1.5)],
-                         ids=["weight-mean", "sum", "key-token"])
+                                  lambda: KeyTokenWeightedLoss([2, 5], alpha=1.5),
+                                  lambda: ImportanceWeightedCrossEntropy(clip_ratio=1.2)],
+                         ids=["weight-mean", "sum", "key-token", "importance-weighted"])
 def test_a_plug_in_loss_s_per_item_form_is_the_loss_of_each_item_alone(make):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(5, 6, 7, generator=g, dtype=torch.float64)
@@ -128,7 +129,11 @@ def test_a_plug_in_loss_s_per_item_form_is_the_loss_of_each_item_alone(make):
     mask = torch.ones(5, 6, dtype=torch.long)
     mask[4, 2:] = 0
     loss = make()
-    if isinstance(loss, KeyTokenWeightedLoss):
+    iw = torch.rand(5, 6, generator=g, dtype=torch.float64) * 2
+    if isinstance(loss, ImportanceWeightedCrossEntropy):
+        inputs = (targets, weights, iw)
+        alone = lambda i: loss(logits[i:i + 1], targets[i:i + 1], weights[i:i + 1], iw[i:i + 1])  # noqa: E731
+    elif isinstance(loss, KeyTokenWeightedLoss):
         inputs, alone = (targets.clamp(min=0), mask), lambda i: loss(logits[i:i + 1], targets.clamp(min=0)[i:i + 1], mask[i:i + 1])
     else:
         inputs, alone = (targets, weights), lambda i: loss(logits[i:i + 1], targets[i:i + 1], weights[i:i + 1])

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from minilearn.logprobs.tokens import IGNORE_INDEX, token_logprobs
-from minilearn.losses.tokens import check_token_values, masked_mean, token_mask, weight_normalized
+from minilearn.losses.tokens import (check_token_values, masked_mean, per_row_weight_normalized, token_mask,
+                                    weight_normalized)
 from minilearn.normalized_loss import LossTensor
 
 __all__ = ["importance_weighted_cross_entropy", "ImportanceWeightedCrossEntropy"]
@@ -43,14 +44,21 @@ def importance_weighted_cross_entropy(logits: torch.Tensor, target_tokens: torch
     (0.8664, 0.5)
     """
     _check_clip_ratio(clip_ratio)
+    terms, w, iw, clipped, mask = _terms(logits, target_tokens, weights, importance_weights, clip_ratio, ignore_index)
+    metrics = {"mean_importance_weight": masked_mean(clipped.detach(), mask),
+               "clip_fraction": masked_mean((clipped != iw).to(terms.dtype), mask)}
+    return weight_normalized(terms, w, mask, metrics)
+
+
+def _terms(logits: torch.Tensor, target_tokens: torch.Tensor, weights: torch.Tensor, importance_weights: torch.Tensor,
+           clip_ratio: float | None, ignore_index: int) -> tuple[torch.Tensor, ...]:
+    # `w_t iw_t lp_t` (iw clipped), `w_t`, `iw_t`, the clipped `iw_t`, and the mask of counted positions.
     lp = token_logprobs(logits, target_tokens, ignore_index)
     check_token_values("weights", weights, target_tokens)
     check_token_values("importance_weights", importance_weights, target_tokens)
     w, iw, mask = weights.to(lp.dtype), importance_weights.to(lp.dtype), token_mask(target_tokens, ignore_index)
     clipped = iw if clip_ratio is None else iw.clamp(-clip_ratio, clip_ratio)
-    metrics = {"mean_importance_weight": masked_mean(clipped.detach(), mask),
-               "clip_fraction": masked_mean((clipped != iw).to(lp.dtype), mask)}
-    return weight_normalized(w * clipped * lp, w, mask, metrics)
+    return w * clipped * lp, w, iw, clipped, mask
 
 
 class ImportanceWeightedCrossEntropy(nn.Module):
@@ -71,6 +79,13 @@ class ImportanceWeightedCrossEntropy(nn.Module):
                 importance_weights: torch.Tensor) -> LossTensor:
         return importance_weighted_cross_entropy(logits, target_tokens, weights, importance_weights, self.clip_ratio,
                                         self.ignore_index)
+
+    def per_item(self, logits: torch.Tensor, target_tokens: torch.Tensor, weights: torch.Tensor,
+                 importance_weights: torch.Tensor) -> torch.Tensor:
+        """`(B,)`: the loss of each sequence alone, for `Learner.get_preds(with_loss=True)`."""
+        terms, w, _, _, mask = _terms(logits, target_tokens, weights, importance_weights, self.clip_ratio,
+                                      self.ignore_index)
+        return per_row_weight_normalized(terms, w, mask)
 
     def extra_repr(self) -> str:
         return f"clip_ratio={self.clip_ratio}, ignore_index={self.ignore_index}"
