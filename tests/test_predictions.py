@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from minilearn import DataLoaders, Learner, LossOutputError
 from minilearn.callbacks import AccelerateCustomCB, LossCB
 from minilearn.demo import TinyCausalLM
-from minilearn.losses import ImportanceWeightedCrossEntropy, KeyTokenWeightedLoss, WeightedCrossEntropy
+from minilearn.losses import (ImportanceWeightedCrossEntropy, KeyTokenWeightedLoss, PolicyGradientLoss,
+                              WeightedCrossEntropy)
 from minilearn.predictions import Predictions
 
 
@@ -116,8 +117,9 @@ def test_an_empty_loader_is_an_error():
 
 @pytest.mark.parametrize("make", [lambda: WeightedCrossEntropy(), lambda: WeightedCrossEntropy(reduction="sum"),
                                   lambda: KeyTokenWeightedLoss([2, 5], alpha=1.5),
-                                  lambda: ImportanceWeightedCrossEntropy(clip_ratio=1.2)],
-                         ids=["weight-mean", "sum", "key-token", "importance-weighted"])
+                                  lambda: ImportanceWeightedCrossEntropy(clip_ratio=1.2),
+                                  lambda: PolicyGradientLoss("ppo"), lambda: PolicyGradientLoss("dro")],
+                         ids=["weight-mean", "sum", "key-token", "importance-weighted", "ppo", "dro"])
 def test_a_plug_in_loss_s_per_item_form_is_the_loss_of_each_item_alone(make):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(5, 6, 7, generator=g, dtype=torch.float64)
@@ -130,7 +132,11 @@ def test_a_plug_in_loss_s_per_item_form_is_the_loss_of_each_item_alone(make):
     mask[4, 2:] = 0
     loss = make()
     iw = torch.rand(5, 6, generator=g, dtype=torch.float64) * 2
-    if isinstance(loss, ImportanceWeightedCrossEntropy):
+    if isinstance(loss, PolicyGradientLoss):
+        q, adv = -torch.rand(5, 6, generator=g, dtype=torch.float64) * 3, torch.randn(5, 6, generator=g, dtype=torch.float64)
+        inputs = (targets, q, adv)
+        alone = lambda i: loss(logits[i:i + 1], targets[i:i + 1], q[i:i + 1], adv[i:i + 1])  # noqa: E731
+    elif isinstance(loss, ImportanceWeightedCrossEntropy):
         inputs = (targets, weights, iw)
         alone = lambda i: loss(logits[i:i + 1], targets[i:i + 1], weights[i:i + 1], iw[i:i + 1])  # noqa: E731
     elif isinstance(loss, KeyTokenWeightedLoss):

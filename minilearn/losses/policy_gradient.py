@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from minilearn.logprobs.tokens import IGNORE_INDEX, token_logprobs
-from minilearn.losses.tokens import check_token_values, masked_mean, masked_sum, token_mask
+from minilearn.losses.tokens import check_token_values, masked_mean, masked_sum, per_row_sums, token_mask
 from minilearn.normalized_loss import LossTensor
 
 __all__ = ["policy_gradient_loss", "PolicyGradientLoss", "PolicyGradientKind", "default_clip_thresholds"]
@@ -67,6 +67,19 @@ def policy_gradient_loss(logits: torch.Tensor, target_tokens: torch.Tensor, logp
     >>> loss.item(), loss.metrics["mean_ratio"].item(), loss.metrics["mean_advantage"].item()
     (-3.0, 1.0, 1.5)
     """
+    terms, ratio, clipped, adv, mask = _terms(logits, target_tokens, logprobs, advantages, kind, clip_low_threshold,
+                                              clip_high_threshold, beta, ignore_index)
+    metrics = {"mean_ratio": masked_mean(ratio.detach(), mask),
+               "clip_fraction": masked_mean((clipped != ratio).to(terms.dtype), mask),
+               "mean_advantage": masked_mean(adv, mask)}
+    return LossTensor.of_sum(-masked_sum(terms, mask), metrics)
+
+
+def _terms(logits: torch.Tensor, target_tokens: torch.Tensor, logprobs: torch.Tensor, advantages: torch.Tensor,
+           kind: str, clip_low_threshold: float | None, clip_high_threshold: float | None, beta: float,
+           ignore_index: int) -> tuple[torch.Tensor, ...]:
+    # The per-token terms of `kind` (the loss is minus their sum), the ratio, the clipped ratio, the
+    # advantages and the mask of counted positions.
     low, high = _settings(kind, clip_low_threshold, clip_high_threshold)
     lp = token_logprobs(logits, target_tokens, ignore_index)
     check_token_values("logprobs", logprobs, target_tokens)
@@ -84,10 +97,7 @@ def policy_gradient_loss(logits: torch.Tensor, target_tokens: torch.Tensor, logp
         terms = clipped.detach() * lp * adv
     else:
         terms = lp * adv - beta / 2 * log_ratio ** 2
-    metrics = {"mean_ratio": masked_mean(ratio.detach(), mask),
-               "clip_fraction": masked_mean((clipped != ratio).to(lp.dtype), mask),
-               "mean_advantage": masked_mean(adv, mask)}
-    return LossTensor.of_sum(-masked_sum(terms, mask), metrics)
+    return terms, ratio, clipped, adv, mask
 
 
 class PolicyGradientLoss(nn.Module):
@@ -115,6 +125,13 @@ class PolicyGradientLoss(nn.Module):
                 advantages: torch.Tensor) -> LossTensor:
         return policy_gradient_loss(logits, target_tokens, logprobs, advantages, self.kind, self.clip_low_threshold,
                                     self.clip_high_threshold, self.beta, self.ignore_index)
+
+    def per_item(self, logits: torch.Tensor, target_tokens: torch.Tensor, logprobs: torch.Tensor,
+                 advantages: torch.Tensor) -> torch.Tensor:
+        """`(B,)`: each sequence's sum, the loss it gets alone, for `Learner.get_preds(with_loss=True)`."""
+        terms, *_, mask = _terms(logits, target_tokens, logprobs, advantages, self.kind, self.clip_low_threshold,
+                                 self.clip_high_threshold, self.beta, self.ignore_index)
+        return -per_row_sums(terms, mask)
 
     def extra_repr(self) -> str:
         return (f"kind={self.kind!r}, clip_low_threshold={self.clip_low_threshold}, "
