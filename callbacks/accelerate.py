@@ -26,6 +26,7 @@ from minilearn.logprobs.linear import LinearLogits
 from minilearn.logprobs.tokens import IGNORE_INDEX
 from minilearn.normalized_loss import loss_kind
 from minilearn.order import Order
+from minilearn.predictions import TARGET_KEYS, pad_value
 
 __all__ = ["AccelerateCB", "AccelerateCustomCB", "VALID_PADDING", "float32_outputs", "reset_accelerate_state"]
 
@@ -34,7 +35,7 @@ __all__ = ["AccelerateCB", "AccelerateCustomCB", "VALID_PADDING", "float32_outpu
 # processes' batches are joined: targets with IGNORE_INDEX (nothing is predicted there), anything else
 # with 0: masks and weights, and `input_ids` (a reference model may run on them, so they must stay
 # token ids; the attention_mask, 0 there too, marks them as padding).
-VALID_PADDING: dict[str, int] = {"target_tokens": IGNORE_INDEX, "labels": IGNORE_INDEX}
+VALID_PADDING: dict[str, int] = {key: IGNORE_INDEX for key in TARGET_KEYS}
 
 # How long, at exit, the process group's worker threads get to finish releasing their last collective.
 _EXIT_GRACE_SECONDS = 0.25
@@ -216,8 +217,8 @@ class AccelerateCB(Callback):
         if is_mapping(batch):
             return {k: pad_across_processes(v, self.valid_padding.get(k, 0)) if isinstance(v, torch.Tensor) else v
                     for k, v in batch.items()}
-        return type(batch)(pad_across_processes(v, 0 if v.is_floating_point() or v.dtype == torch.bool else IGNORE_INDEX)
-                           if isinstance(v, torch.Tensor) else v for v in batch)
+        return type(batch)(pad_across_processes(v, pad_value(None, v)) if isinstance(v, torch.Tensor) else v
+                           for v in batch)
 
     # ---- the steps ---------------------------------------------------------------------------
 

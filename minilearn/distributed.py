@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from minilearn.data import is_per_row
 
 __all__ = ["world_size", "rank", "sum_across_processes", "pad_across_processes", "all_gather_padded", "gather_sequences", "gather_batch",
-           "gather_objects", "barrier", "is_main_process"]
+           "gather_objects", "barrier", "is_main_process", "cat_padded"]
 
 
 def world_size() -> int:
@@ -78,6 +78,18 @@ def _pad_to(t: torch.Tensor, shape: tuple[int, ...], value: float) -> torch.Tens
     # F.pad takes (last_left, last_right, second_last_left, ...): pad on the right of every dim.
     pads = [p for have, want in zip(reversed(t.shape), reversed(shape)) for p in (0, want - have)]
     return F.pad(t, pads, value=value) if any(pads) else t
+
+
+def cat_padded(parts: list[torch.Tensor], pad_value: float = 0) -> torch.Tensor:
+    """`parts` joined along their first dimension, every other dimension padded on the right with
+    `pad_value` to the largest among them.
+
+    >>> cat_padded([torch.ones(1, 2), torch.ones(1, 3)])
+    tensor([[1., 1., 0.],
+            [1., 1., 1.]])
+    """
+    widest = tuple(max(dims) for dims in zip(*(p.shape[1:] for p in parts)))
+    return torch.cat([_pad_to(p, (p.shape[0], *widest), pad_value) for p in parts])
 
 
 def _shapes(t: torch.Tensor) -> list[tuple[int, ...]]:
@@ -150,8 +162,7 @@ def gather_batch(batch: Mapping, n: int, pad_values: Mapping[str, float]) -> dic
     for key, value in batch.items():
         if is_per_row(value, n):
             parts = all_gather_padded(value, pad_values.get(key, 0))
-            widest = tuple(max(dims) for dims in zip(*(p.shape[1:] for p in parts)))
-            out[key] = torch.cat([_pad_to(p, (p.shape[0], *widest), pad_values.get(key, 0)) for p in parts])
+            out[key] = cat_padded(parts, pad_values.get(key, 0))
         elif isinstance(value, list) and len(value) == n and all(isinstance(v, torch.Tensor) for v in value):
             out[key] = gather_sequences(value)[0]
         else:

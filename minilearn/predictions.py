@@ -8,16 +8,16 @@ import torch
 from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 
 from minilearn.data import batch_size, is_mapping, take_rows
-from minilearn.distributed import world_size
+from minilearn.distributed import cat_padded, world_size
 from minilearn.inputs import input_module, model_input_names, signature_of
 from minilearn.logprobs.linear import LinearLogits
 from minilearn.logprobs.tokens import IGNORE_INDEX
 from minilearn.train import TrainCB
 
-__all__ = ["Predictions", "get_preds", "top_losses", "pad_value"]
+__all__ = ["Predictions", "get_preds", "top_losses", "pad_value", "TARGET_KEYS"]
 
 # Keys whose padding is "no target" rather than 0 (masks, weights, ids pad with 0).
-_TARGET_KEYS = ("target_tokens", "labels")
+TARGET_KEYS: tuple[str, ...] = ("target_tokens", "labels")
 
 
 class Predictions(NamedTuple):
@@ -39,29 +39,15 @@ def pad_value(key: str | None, t: torch.Tensor) -> float:
     """
     if key is None:
         return 0 if t.is_floating_point() or t.dtype == torch.bool else IGNORE_INDEX
-    return IGNORE_INDEX if key in _TARGET_KEYS else 0
-
-
-def _cat(parts: list[torch.Tensor], pad: float) -> torch.Tensor:
-    # Along the rows, every later dimension padded on the right to the largest.
-    widest = [max(p.shape[d] for p in parts) for d in range(1, parts[0].ndim)]
-    padded = []
-    for p in parts:
-        extra = [n - s for n, s in zip(widest, p.shape[1:])]
-        if any(extra):
-            out = p.new_full((p.shape[0], *widest), pad)
-            out[(slice(None), *(slice(0, s) for s in p.shape[1:]))] = p
-            p = out
-        padded.append(p)
-    return torch.cat(padded)
+    return IGNORE_INDEX if key in TARGET_KEYS else 0
 
 
 def _join(parts: list, key: str | None = None) -> Any:
     first = parts[0]
     if isinstance(first, torch.Tensor):
-        return _cat(parts, pad_value(key, first)) if first.ndim else torch.stack(parts)
+        return cat_padded(parts, pad_value(key, first)) if first.ndim else torch.stack(parts)
     if isinstance(first, LinearLogits):
-        return LinearLogits(_cat([p.hidden for p in parts], 0), first.weight, first.bias)
+        return LinearLogits(cat_padded([p.hidden for p in parts]), first.weight, first.bias)
     if isinstance(first, Mapping):
         joined = {k: _join([p[k] for p in parts], k) for k, v in first.items() if isinstance(v, torch.Tensor)}
         return joined if type(first) is dict else type(first)(**joined)
