@@ -17,6 +17,7 @@ from minilearn.callbacks.metrics import MetricsCB
 from minilearn.callbacks.monitor import Monitor
 from minilearn.callbacks.progress import ProgressCB
 from minilearn.callbacks.recorder import Recorder
+from minilearn.callbacks.rollouts import RolloutCB
 from minilearn.callbacks.save_model import SaveModelCB
 from minilearn.callbacks.schedule import BatchSchedCB, OneCycleCB
 from minilearn.callbacks.terminate_nan import TerminateOnNaNCB
@@ -26,4 +27,4 @@ from minilearn.train import TrainCB
 
 __all__ = ["AccelerateCB", "AccelerateCustomCB", "TrainCB", "LRFinderCB", "DeviceCB", "MetricsCB", "Recorder", "ProgressCB", "BatchSchedCB",
            "OneCycleCB", "GradClipCB", "SingleBatchCB", "LossCB", "LogprobLossCB",
-           "SaveModelCB", "EarlyStoppingCB", "CSVLoggerCB", "TrackerCB", "ActivationStatsCB", "TerminateOnNaNCB", "Monitor", "reset_accelerate_state"]
+           "SaveModelCB", "EarlyStoppingCB", "RolloutCB", "CSVLoggerCB", "TrackerCB", "ActivationStatsCB", "TerminateOnNaNCB", "Monitor", "reset_accelerate_state"]

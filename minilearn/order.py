@@ -38,6 +38,9 @@ class Order:
     ACTIVATION_STATS = 35
     # Reads each batch's loss and metrics after the step owners are done with them.
     METRICS = 40
+    # Samples a round of rollouts at before_epoch; adds its reward to the row MetricsCB wrote at after_epoch,
+    # before the callbacks below print and log that row.
+    ROLLOUTS = 42
     # Records the loss and lr, and can read the epoch's row MetricsCB wrote at after_epoch.
     RECORDER = 45
     # Prints the row MetricsCB wrote at after_epoch.

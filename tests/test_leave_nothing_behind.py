@@ -15,8 +15,9 @@ import minilearn.callbacks as callbacks
 from minilearn import Callback, DataLoaders, Learner
 from minilearn.callbacks import (AccelerateCB, AccelerateCustomCB, BatchSchedCB, CSVLoggerCB, DeviceCB, EarlyStoppingCB,
                                  GradClipCB, LogprobLossCB, LossCB, LRFinderCB, MetricsCB, OneCycleCB, SaveModelCB,
-                                 TrackerCB)
-from minilearn.losses import WeightedCrossEntropy, make_variance_loss
+                                 RolloutCB, TrackerCB)
+from minilearn.losses import PolicyGradientLoss, WeightedCrossEntropy, make_variance_loss
+from minilearn.sampling import make_rollouts
 from minilearn.demo.tiny_model import TinyCausalLM
 from minilearn.testing import check_callback, learner_fingerprint, left_behind, tiny_learner
 
@@ -44,6 +45,34 @@ def lm_learner(opt_func=torch.optim.AdamW, seed=0):
     return Learner(model, DataLoaders(batches[:2], batches[2:]), WeightedCrossEntropy(), lr=0.01, opt_func=opt_func)
 
 
+def completion_length(prompts, completions):
+    return [float(len(c)) for c in completions]
+
+
+def rollout_cb():
+    torch.manual_seed(1)
+    ref = TinyCausalLM(V, dim=16, n_layers=1, n_heads=2, max_len=T)
+    return RolloutCB([[1, 2], [3, 4, 5]], completion_length, group_size=2, max_new_tokens=3, eos_token_id=0,
+                     ref_model=ref)
+
+
+def rollout_learner(cb, opt_func=torch.optim.AdamW, seed=0):
+    """An RL learner whose training loader reads `cb`'s buffer, filled once so it trains without `cb` too."""
+    torch.manual_seed(seed)
+    model = TinyCausalLM(V, dim=16, n_layers=1, n_heads=2, max_len=T)
+    cb.buffer.fill(make_rollouts(model, cb.prompts, completion_length, 2, 3, eos_token_id=0, ref_model=cb.ref_model,
+                                 generator=torch.Generator().manual_seed(0)))
+    loss = PolicyGradientLoss("ppo", kl_coef=0.1, aggregation="sequence_mean")
+    return Learner(model, DataLoaders(torch.utils.data.DataLoader(cb.buffer, batch_size=2), []), loss, lr=0.01,
+                   opt_func=opt_func)
+
+
+def learner_and_cbs(name, make, opt_func=torch.optim.AdamW):
+    """The learner a case trains and its callbacks: RolloutCB needs a loader on its own buffer."""
+    cbs = make()
+    return (rollout_learner(cbs[0], opt_func) if name == "RolloutCB" else lm_learner(opt_func)), cbs
+
+
 # Callbacks whose constructor needs arguments; every other one in minilearn.callbacks.__all__ is
 # built with none. A new callback with required arguments must be added here (the test says so).
 def with_arguments(tmp_path):
@@ -66,6 +95,7 @@ def with_arguments(tmp_path):
         "EarlyStoppingCB": [lambda: [MetricsCB(), EarlyStoppingCB(patience=1)]],
         "CSVLoggerCB": [lambda: [MetricsCB(), CSVLoggerCB(tmp_path / "history.csv")]],
         "TrackerCB": [lambda: [MetricsCB(), TrackerCB(logging_dir=tmp_path / "runs")]],
+        "RolloutCB": [lambda: [rollout_cb()]],
     }
 
 
@@ -93,7 +123,7 @@ def test_every_shipped_callback_is_covered():
 @pytest.mark.parametrize("name", SHIPPED)
 def test_a_temporary_callback_leaves_the_learner_as_it_found_it(name, opt_func, tmp_path):
     for make in cases_for(name, tmp_path):
-        learn, cbs = lm_learner(opt_func), make()
+        learn, cbs = learner_and_cbs(name, make, opt_func)
         learn.fit(1)  # builds the optimizer: what is compared below is what the callback changes
         before = learner_fingerprint(learn)
         learn.fit(2, cbs=cbs)
@@ -107,7 +137,7 @@ def test_a_temporary_callback_leaves_the_learner_as_it_found_it(name, opt_func, 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_a_kept_callback_restores_when_removed(name, tmp_path):
     for make in cases_for(name, tmp_path):
-        learn, cbs = lm_learner(), make()
+        learn, cbs = learner_and_cbs(name, make)
         learn.fit(1)
         before = learner_fingerprint(learn)
         learn.add_cbs(cbs)

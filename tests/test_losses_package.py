@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import minilearn.losses as losses
-from minilearn.losses import (ImportanceWeightedCrossEntropy, importance_weighted_cross_entropy, make_bradley_terry_loss,
-                              make_candidate_ce_loss, make_dpo_loss, make_variance_loss)
+from minilearn.losses import (ImportanceWeightedCrossEntropy, dpo_loss, importance_weighted_cross_entropy,
+                              make_bradley_terry_loss, make_candidate_ce_loss, make_variance_loss)
 
 MODULES = sorted(m.name for m in pkgutil.walk_packages(losses.__path__, prefix="minilearn.losses."))
 
@@ -44,7 +44,7 @@ def _sequence_batch():
 
 
 @pytest.mark.parametrize("old, new, args", [
-    ("dpo_loss", make_dpo_loss, (0.2,)),
+    ("make_dpo_loss", dpo_loss, (0.2,)),
     ("bradley_terry_loss", make_bradley_terry_loss, ()),
     ("variance_loss", make_variance_loss, (0.5,)),
 ])
@@ -76,5 +76,5 @@ def test_the_new_names_do_not_warn():
     batch, lps = _sequence_batch()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        make_dpo_loss(0.1)(batch, lps)
+        dpo_loss(0.1)(batch, lps)
         ImportanceWeightedCrossEntropy()

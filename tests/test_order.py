@@ -40,7 +40,8 @@ def test_each_shipped_callback_has_its_row_of_the_table():
             "Recorder": Order.RECORDER, "ProgressCB": Order.PROGRESS, "BatchSchedCB": Order.SCHEDULE,
             "OneCycleCB": Order.SCHEDULE, "GradClipCB": Order.GRAD_CLIP, "SingleBatchCB": Order.SINGLE_BATCH,
             "LossCB": Order.LOSS, "LogprobLossCB": Order.LOGPROB_LOSS, "SaveModelCB": Order.SAVE_MODEL,
-            "EarlyStoppingCB": Order.EARLY_STOPPING, "CSVLoggerCB": Order.CSV_LOGGER, "TrackerCB": Order.TRACKER, "ActivationStatsCB": Order.ACTIVATION_STATS, "TerminateOnNaNCB": Order.TERMINATE_ON_NAN}
+            "EarlyStoppingCB": Order.EARLY_STOPPING, "CSVLoggerCB": Order.CSV_LOGGER, "TrackerCB": Order.TRACKER, "ActivationStatsCB": Order.ACTIVATION_STATS, "TerminateOnNaNCB": Order.TERMINATE_ON_NAN,
+            "RolloutCB": Order.ROLLOUTS}
     shipped = {n for n in callbacks.__all__ if isinstance(getattr(callbacks, n), type)
                and issubclass(getattr(callbacks, n), Callback)}
     assert set(rows) == shipped

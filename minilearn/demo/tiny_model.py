@@ -38,7 +38,7 @@ class TinyCausalLM(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab_size, bias=False)
         self.head.weight = self.tok.weight  # tied: fewer parameters, better small models
-        self.max_len, self.fused_head = max_len, fused_head
+        self.max_len, self.fused_head, self.n_heads = max_len, fused_head, n_heads
         # GPT-2's scale: with the default N(0, 1) a tied head starts with logits of size ~sqrt(dim),
         # a loss of ~30 nats instead of log(vocab_size), and a long first phase undoing it.
         nn.init.normal_(self.tok.weight, std=0.02)
@@ -50,10 +50,21 @@ class TinyCausalLM(nn.Module):
         if T > self.max_len:
             raise ValueError(f"input_ids has {T} positions but the model was built with max_len={self.max_len}")
         x = self.tok(input_ids) + self.pos(torch.arange(T, device=input_ids.device))
-        causal = nn.Transformer.generate_square_subsequent_mask(T, device=input_ids.device, dtype=x.dtype)
-        # Padding is masked as keys too, so real tokens never attend to it.
-        # (as a float mask, the causal mask's type: mixing bool and float masks is deprecated)
-        pad = None if attention_mask is None else torch.zeros(B, T, dtype=x.dtype, device=x.device).masked_fill(
-            attention_mask == 0, float("-inf"))
-        hidden = self.norm(self.blocks(x, mask=causal, src_key_padding_mask=pad, is_causal=True))
+        if attention_mask is None:
+            causal = nn.Transformer.generate_square_subsequent_mask(T, device=input_ids.device, dtype=x.dtype)
+            hidden = self.norm(self.blocks(x, mask=causal, is_causal=True))
+        else:
+            hidden = self.norm(self.blocks(x, mask=self._attention_mask(attention_mask, x.dtype)))
         return LinearLogits(hidden, self.head.weight) if self.fused_head else self.head(hidden)
+
+    def _attention_mask(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        # (B * n_heads, T, T), 0 where a query may look and -inf where not: causal, and never at padding.
+        # Each position may always see itself, so a padding position at the start of a row (a left-padded
+        # prompt) has something to attend to: with every key masked its softmax would be NaN, and the NaN
+        # would reach real tokens through the next layer (0 weight times a NaN value is still NaN).
+        T = attention_mask.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=attention_mask.device).tril()
+        itself = torch.eye(T, dtype=torch.bool, device=attention_mask.device)
+        allowed = causal & ((attention_mask[:, None, :] != 0) | itself)
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=attention_mask.device).masked_fill(~allowed, float("-inf"))
+        return mask.repeat_interleave(self.n_heads, 0)

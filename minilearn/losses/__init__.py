@@ -9,24 +9,30 @@ accumulation and several processes. Their log-probabilities come from `minilearn
 (`token_logprobs`: at least float32, no full log-softmax copy; from `LinearLogits` without
 materialising the logits), re-exported here.
 
-The losses over per-sequence log-probabilities (`sequence/`) are built by `make_dpo_loss`,
-`make_bradley_terry_loss`, `make_candidate_ce_loss` and `make_variance_loss`: each returns a function
-`fn(batch, logprobs) -> (loss, metrics)` for `LogprobLossCB` and `Learner.forward_backward_custom`,
-as in Tinker's `forward_backward_custom`.
+For RL post-training, `group_advantages` (GRPO, Dr. GRPO) and `kl_penalty` (k1, k2, k3) make the
+inputs of `PolicyGradientLoss(..., kl_coef, aggregation)` from a round of rollouts
+(`minilearn.sampling`).
+
+The losses over per-sequence log-probabilities (`sequence/`) are built by `dpo_loss` (with its IPO
+and hinge kinds), `simpo_loss`, `make_bradley_terry_loss`, `make_candidate_ce_loss` and
+`make_variance_loss`: each returns a function `fn(batch, logprobs) -> (loss, metrics)` for
+`LogprobLossCB` and `Learner.forward_backward_custom`, as in Tinker's `forward_backward_custom`.
 
 The earlier names of renamed losses still import from here, with a warning (`minilearn.losses.renamed`).
 """
 
 from minilearn.logprobs.linear import LinearLogits, linear_tile_shape, linear_token_logprobs
 from minilearn.logprobs.tokens import IGNORE_INDEX, LazyLogits, check_targets, shift_targets, token_logprobs
+from minilearn.losses.advantages import AdvantageScale, group_advantages
 from minilearn.losses.importance_weighted import ImportanceWeightedCrossEntropy, importance_weighted_cross_entropy
 from minilearn.losses.key_token import KeyTokenWeightedLoss, key_token_weighted_loss
-from minilearn.losses.policy_gradient import (PolicyGradientKind, PolicyGradientLoss, default_clip_thresholds,
-                                              policy_gradient_loss)
-from minilearn.losses.renamed import (ImportanceSamplingLoss, bradley_terry_loss, candidate_ce_loss, dpo_loss,
-                                      importance_sampling_loss, variance_loss)
-from minilearn.losses.sequence import (make_bradley_terry_loss, make_candidate_ce_loss, make_dpo_loss,
-                                       make_variance_loss, pairwise_logistic, sequence_totals)
+from minilearn.losses.kl import KLKind, kl_penalty
+from minilearn.losses.policy_gradient import (Aggregation, PolicyGradientKind, PolicyGradientLoss,
+                                              default_clip_thresholds, policy_gradient_loss)
+from minilearn.losses.renamed import (ImportanceSamplingLoss, bradley_terry_loss, candidate_ce_loss,
+                                      importance_sampling_loss, make_dpo_loss, variance_loss)
+from minilearn.losses.sequence import (dpo_loss, make_bradley_terry_loss, make_candidate_ce_loss, make_variance_loss,
+                                       pairwise_logistic, sequence_totals, simpo_loss)
 from minilearn.losses.tokens import (check_token_values, masked_mean, masked_sum, per_row_sums, per_row_weight_normalized,
                                     token_mask, weight_normalized)
 from minilearn.losses.weighted_ce import Reduction, WeightedCrossEntropy, weighted_cross_entropy
@@ -36,9 +42,10 @@ __all__ = [
     "linear_token_logprobs", "LinearLogits", "LazyLogits", "linear_tile_shape",
     "weighted_cross_entropy", "WeightedCrossEntropy", "Reduction",
     "importance_weighted_cross_entropy", "ImportanceWeightedCrossEntropy",
-    "policy_gradient_loss", "PolicyGradientLoss", "PolicyGradientKind", "default_clip_thresholds",
+    "policy_gradient_loss", "PolicyGradientLoss", "PolicyGradientKind", "Aggregation", "default_clip_thresholds",
+    "group_advantages", "AdvantageScale", "kl_penalty", "KLKind",
     "key_token_weighted_loss", "KeyTokenWeightedLoss",
-    "make_dpo_loss", "make_bradley_terry_loss", "make_candidate_ce_loss", "make_variance_loss",
+    "dpo_loss", "simpo_loss", "make_bradley_terry_loss", "make_candidate_ce_loss", "make_variance_loss",
     "pairwise_logistic", "sequence_totals",
     "check_token_values", "token_mask", "masked_sum", "masked_mean", "weight_normalized", "per_row_sums",
     "per_row_weight_normalized",

@@ -4,18 +4,21 @@ naming the new one. They are not in `minilearn.losses.__all__`: new code uses th
 - `importance_sampling_loss`, `ImportanceSamplingLoss` are now `importance_weighted_cross_entropy`,
   `ImportanceWeightedCrossEntropy`: the old name read like Tinker's importance-sampling loss,
   `PolicyGradientLoss(kind="importance_sampling")`, a different formula.
-- `dpo_loss`, `bradley_terry_loss`, `candidate_ce_loss`, `variance_loss` are now `make_dpo_loss`, ...:
+- `bradley_terry_loss`, `candidate_ce_loss`, `variance_loss` are now `make_bradley_terry_loss`, ...:
   they build a loss function rather than compute a loss.
+- `make_dpo_loss` is now `dpo_loss(beta, kind="sigmoid")`, the builder of DPO and its IPO and hinge
+  variants, named like `simpo_loss` beside it. (For a while `dpo_loss` was itself the earlier name
+  of `make_dpo_loss`; `dpo_loss(beta)` builds the same loss as it did then, now without a warning.)
 """
 
 import warnings
 from collections.abc import Callable
 
 from minilearn.losses.importance_weighted import ImportanceWeightedCrossEntropy, importance_weighted_cross_entropy
-from minilearn.losses.sequence import make_bradley_terry_loss, make_candidate_ce_loss, make_dpo_loss, make_variance_loss
+from minilearn.losses.sequence import dpo_loss, make_bradley_terry_loss, make_candidate_ce_loss, make_variance_loss
 
-__all__ = ["importance_sampling_loss", "ImportanceSamplingLoss", "dpo_loss", "bradley_terry_loss", "candidate_ce_loss",
-           "variance_loss"]
+__all__ = ["importance_sampling_loss", "ImportanceSamplingLoss", "make_dpo_loss", "bradley_terry_loss",
+           "candidate_ce_loss", "variance_loss"]
 
 
 def _renamed(old: str, new: Callable) -> None:
@@ -37,10 +40,10 @@ class ImportanceSamplingLoss(ImportanceWeightedCrossEntropy):
         super().__init__(*args, **kwargs)
 
 
-def dpo_loss(*args, **kwargs):
-    """Now `make_dpo_loss`."""
-    _renamed("dpo_loss", make_dpo_loss)
-    return make_dpo_loss(*args, **kwargs)
+def make_dpo_loss(beta: float = 0.1) -> Callable:
+    """Now `dpo_loss`: `make_dpo_loss(beta)` is `dpo_loss(beta)`, the sigmoid (DPO) kind."""
+    _renamed("make_dpo_loss", dpo_loss)
+    return dpo_loss(beta)
 
 
 def bradley_terry_loss(*args, **kwargs):

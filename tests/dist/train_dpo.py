@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from minilearn import DataLoaders, Learner, TrainCB
 from minilearn.callbacks import AccelerateCB, LogprobLossCB
-from minilearn.losses import make_dpo_loss
+from minilearn.losses import dpo_loss
 from minilearn.demo.tiny_model import TinyCausalLM
 
 VOCAB, MAX_LEN = 17, 12
@@ -46,7 +46,7 @@ def callbacks(args):
     """The loss callback, and TrainCB told the model's inputs: it cannot read them from the
     signature of DistributedDataParallel's forward (*inputs, **kwargs)."""
     return [TrainCB(model_inputs=["input_ids", "attention_mask"]),
-            LogprobLossCB(make_dpo_loss(beta=0.5), two_pass=args.two_pass, micro_batch_size=args.micro,
+            LogprobLossCB(dpo_loss(beta=0.5), two_pass=args.two_pass, micro_batch_size=args.micro,
                           ref_model=model(seed=1))]
 
 

@@ -1,0 +1,91 @@
+"""One round of on-policy rollouts: sample completions, score them, and turn the rewards into what a
+policy-gradient loss takes (group advantages per token, the reference model's log-probabilities)."""
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from minilearn.logprobs.tokens import IGNORE_INDEX
+from minilearn.losses.advantages import AdvantageScale, group_advantages
+from minilearn.sampling.sample import Prompts, completion_tokens, model_logprobs, prompt_tokens, sample
+
+__all__ = ["make_rollouts", "RolloutBuffer", "RewardFn"]
+
+# reward_fn(prompts, completions) -> one reward a completion: both lists of token-id lists, row by row
+# (each prompt repeated for every completion of its group; completions without their final eos).
+RewardFn = Callable[[list[list[int]], list[list[int]]], Sequence[float] | torch.Tensor]
+
+
+def make_rollouts(model: nn.Module, prompts: Prompts, reward_fn: RewardFn, group_size: int, max_new_tokens: int,
+                  temperature: float = 1.0, top_k: int | None = None, eos_token_id: int | None = None,
+                  generator: torch.Generator | None = None, ref_model: nn.Module | None = None,
+                  advantage_scale: AdvantageScale = "std") -> dict[str, torch.Tensor]:
+    """A round of GRPO-style rollouts as one dict batch: `sample`'s keys (`input_ids`,
+    `attention_mask`, `target_tokens`, `logprobs`, `prompt_index`) plus
+
+    - `rewards` `(B,)`: `reward_fn(prompts, completions)`, one number a completion;
+    - `advantages` `(B, T)`: `group_advantages(rewards, group_size, advantage_scale)` at each drawn
+      token of the completion, 0 elsewhere (every token of a completion shares its advantage);
+    - `ref_logprobs` `(B, T)` when `ref_model` is given: the frozen reference model's log-probabilities
+      of the drawn tokens, for the KL term of `PolicyGradientLoss(kl_coef=...)`.
+
+    Everything is on `model`'s device; `PolicyGradientLoss` takes the batch by name.
+
+    >>> from minilearn.demo.tiny_model import TinyCausalLM
+    >>> lm = TinyCausalLM(vocab_size=12, dim=16, n_layers=1, n_heads=2, max_len=16)
+    >>> longer = lambda prompts, completions: [float(len(c)) for c in completions]
+    >>> out = make_rollouts(lm, [[1, 2]], longer, group_size=4, max_new_tokens=3, eos_token_id=0,
+    ...                     generator=torch.Generator().manual_seed(0))
+    >>> sorted(out), out["advantages"].shape
+    (['advantages', 'attention_mask', 'input_ids', 'logprobs', 'prompt_index', 'rewards', 'target_tokens'], torch.Size([4, 5]))
+    """
+    batch = sample(model, prompts, max_new_tokens, temperature=temperature, top_k=top_k, eos_token_id=eos_token_id,
+                   group_size=group_size, generator=generator)
+    rows = prompt_tokens(prompts)
+    completions = completion_tokens(batch, eos_token_id)
+    rewards = reward_fn([rows[i] for i in batch["prompt_index"].tolist()], completions)
+    rewards = torch.as_tensor(rewards, dtype=torch.float32, device=batch["input_ids"].device)
+    if rewards.shape != (len(completions),):
+        raise ValueError(f"reward_fn returned {tuple(rewards.shape)} rewards for {len(completions)} completions: "
+                         f"one number a completion")
+    counted = batch["target_tokens"] != IGNORE_INDEX
+    advantages = group_advantages(rewards, group_size, advantage_scale)
+    batch |= {"rewards": rewards, "advantages": torch.where(counted, advantages[:, None], 0.0)}
+    if ref_model is not None:
+        batch["ref_logprobs"] = model_logprobs(ref_model, batch).to(batch["logprobs"].device)
+    return batch
+
+
+class RolloutBuffer(Dataset):
+    """A dataset of `size` rollouts that is refilled each round (`fill`), so that one DataLoader made
+    at the start (and prepared by Accelerate, sharded over processes) serves every round.
+
+    Item `i` is row `i` of the batch last filled in, a dict of tensors (on the CPU); all rows of a
+    round have the same width, so the default collate stacks them.
+
+    >>> buffer = RolloutBuffer(2)
+    >>> buffer.fill({"input_ids": torch.tensor([[1, 2], [3, 4]])})
+    >>> len(buffer), buffer[1]
+    (2, {'input_ids': tensor([3, 4])})
+    """
+
+    def __init__(self, size: int):
+        self.size, self.batch = size, None
+
+    def fill(self, batch: Mapping[str, torch.Tensor]) -> None:
+        """Replace the rollouts by the rows of `batch`, `size` of them."""
+        rows = {k: v.shape[0] for k, v in batch.items()}
+        if set(rows.values()) != {self.size}:
+            raise ValueError(f"RolloutBuffer holds {self.size} rollouts a round; the batch has rows {rows}")
+        self.batch = {k: v.detach().cpu() for k, v in batch.items()}
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if self.batch is None:
+            raise RuntimeError("the RolloutBuffer is empty: RolloutCB fills it at the start of each training epoch "
+                               "(or call fill(batch) yourself)")
+        return {k: v[i] for k, v in self.batch.items()}

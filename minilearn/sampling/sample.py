@@ -1,0 +1,227 @@
+"""Drawing completions from a causal language model, with the sampler's log-probabilities, as a batch
+the policy-gradient losses take by name."""
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minilearn.inputs import input_module, model_call, model_input_names, signature_of
+from minilearn.logprobs.linear import LinearLogits
+from minilearn.logprobs.tokens import IGNORE_INDEX, token_logprobs
+
+__all__ = ["sample", "model_logprobs", "completion_tokens", "prompt_tokens", "eval_mode", "Prompts"]
+
+# A list of prompts (each a list or 1-D tensor of token ids), a 2-D tensor of equal-length prompts, or a
+# tokenizer's output: a mapping with `input_ids` and (for padded prompts) `attention_mask`.
+Prompts = Sequence[Sequence[int] | torch.Tensor] | torch.Tensor | Mapping[str, torch.Tensor]
+
+
+def prompt_tokens(prompts: Prompts) -> list[list[int]]:
+    """The token ids of each prompt, padding removed: what `sample` reads its `prompts` as.
+
+    >>> prompt_tokens([[5, 6], torch.tensor([7])])
+    [[5, 6], [7]]
+    >>> prompt_tokens({"input_ids": torch.tensor([[0, 5], [6, 7]]), "attention_mask": torch.tensor([[0, 1], [1, 1]])})
+    [[5], [6, 7]]
+    """
+    if isinstance(prompts, Mapping):
+        ids = prompts["input_ids"]
+        mask = prompts.get("attention_mask", torch.ones_like(ids))
+        rows = [row[keep.bool()].tolist() for row, keep in zip(ids, mask)]
+    elif isinstance(prompts, torch.Tensor):
+        if prompts.ndim != 2:
+            raise ValueError(f"prompts given as a tensor must be (n_prompts, length), got shape {tuple(prompts.shape)}")
+        rows = prompts.tolist()
+    else:
+        rows = [p.tolist() if isinstance(p, torch.Tensor) else list(p) for p in prompts]
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError(f"sample needs at least one prompt and every prompt at least one token; got {len(rows)} "
+                         f"prompt(s) of lengths {[len(r) for r in rows][:8]}")
+    return rows
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no_grad for the length of a `with` block, then every module's own mode back (a
+    model partly in eval mode, say a frozen part, comes back so).
+
+    >>> lm = nn.Sequential(nn.Dropout(), nn.Dropout()); _ = lm[1].eval()
+    >>> with eval_mode(lm): print(lm.training, torch.is_grad_enabled())
+    False False
+    >>> lm.training, lm[1].training
+    (True, False)
+    """
+    modes = [m.training for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, was_training in zip(model.modules(), modes):
+            m.training = was_training
+
+
+def _logits(out: Any) -> torch.Tensor | LinearLogits:
+    # The logits (B, T, V) in what a causal LM returns: a tensor, an output with .logits, the first item of
+    # a tuple, or LinearLogits (a FusedHead).
+    if isinstance(out, (torch.Tensor, LinearLogits)):
+        logits = out
+    else:
+        logits = getattr(out, "logits", None)
+        if logits is None and isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
+            logits = out[0]
+    if not isinstance(logits, (torch.Tensor, LinearLogits)) or logits.ndim != 3:
+        shape = f" with shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else ""
+        raise TypeError(f"sample needs a causal LM returning logits (B, T, V), an output with .logits, or LinearLogits; "
+                        f"got {type(out).__name__}{shape}")
+    return logits
+
+
+def _last_logits(out: Any) -> torch.Tensor:
+    # The logits of the last position, (B, V); of a FusedHead's output only that position is computed.
+    logits = _logits(out)
+    if isinstance(logits, LinearLogits):
+        return LinearLogits(logits.hidden[:, -1], logits.weight, logits.bias).materialize()
+    return logits[:, -1]
+
+
+def _draw(logits: torch.Tensor, temperature: float, top_k: int | None,
+          generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    # One token a row and its log-probability under the distribution it was drawn from.
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    if temperature == 0:  # greedy: no distribution was sampled, so report the model's own log-probability
+        token = logits.argmax(-1)
+        return token, F.log_softmax(logits, -1).gather(-1, token[:, None])[:, 0]
+    scaled = logits / temperature
+    if top_k is not None and top_k < scaled.shape[-1]:
+        kth = scaled.topk(top_k, dim=-1).values[:, -1:]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    logp = F.log_softmax(scaled, -1)
+    device = generator.device if generator is not None else logp.device
+    token = torch.multinomial(logp.exp().to(device), 1, generator=generator)[:, 0].to(logp.device)
+    return token, logp.gather(-1, token[:, None])[:, 0]
+
+
+def _takes_cache(model: nn.Module) -> bool:
+    # Hugging Face causal LMs take and return `past_key_values`; others are run on the whole sequence.
+    names = model_input_names(signature_of(input_module(model)))
+    return "past_key_values" in names and "use_cache" in names
+
+
+def sample(model: nn.Module, prompts: Prompts, max_new_tokens: int, temperature: float = 1.0,
+           top_k: int | None = None, eos_token_id: int | None = None, group_size: int = 1,
+           generator: torch.Generator | None = None, pad_token_id: int | None = None) -> dict[str, torch.Tensor]:
+    """Draw `group_size` completions of each prompt from the causal LM `model`, with the log-probability
+    the sampler gave each drawn token: the rollouts of RL post-training, as a batch for the losses.
+
+    - `model`: `forward(input_ids, attention_mask)` returning logits `(B, T, V)`, a Hugging Face
+      output with `.logits` (then its KV cache is used), or `LinearLogits` (a `FusedHead`).
+    - `prompts`: a list of token-id lists (or 1-D tensors), a 2-D tensor, or a tokenizer's output
+      (`input_ids`, `attention_mask`). Shorter prompts are padded on the left, so every completion
+      starts in the same column; the model sees the batch as its forward sees the returned batch.
+    - `temperature`: the logits are divided by it (0 picks the most likely token, greedy); `top_k`
+      keeps the k most likely tokens. Each sequence stops after it draws `eos_token_id`.
+    - `generator`: a `torch.Generator` for reproducible draws (the same seed gives the same samples).
+    - `pad_token_id`: the token written after a sequence stopped and before short prompts (default
+      `eos_token_id`, else 0); masked out everywhere.
+
+    Runs under no_grad in eval mode, then puts back each module's mode. Returns, with
+    `B = len(prompts) * group_size` rows (prompt i's group is rows `i*group_size ... i*group_size +
+    group_size - 1`) and `T` the longest prompt plus the tokens drawn:
+
+    - `input_ids` `(B, T)`, `attention_mask` `(B, T)` (0 on padding);
+    - `target_tokens` `(B, T)`: at position t the drawn token at t+1 (the position whose logits
+      predict it), `IGNORE_INDEX` on the prompt and padding;
+    - `logprobs` `(B, T)`: the sampler's log-probability of that token, under the temperature and top_k
+      used (the model's own at temperature 1), 0 where ignored;
+    - `prompt_index` `(B,)`: which prompt each row completes.
+
+    >>> from minilearn.demo.tiny_model import TinyCausalLM
+    >>> lm = TinyCausalLM(vocab_size=12, dim=16, n_layers=1, n_heads=2, max_len=16)
+    >>> out = sample(lm, [[1, 2, 3], [4]], max_new_tokens=4, group_size=2, generator=torch.Generator().manual_seed(0))
+    >>> out["input_ids"].shape, out["prompt_index"].tolist()
+    (torch.Size([4, 7]), [0, 0, 1, 1])
+    >>> (out["target_tokens"][0] != -100).tolist()
+    [False, False, True, True, True, True, False]
+    """
+    rows = prompt_tokens(prompts)
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a whole number >= 1, got {group_size!r}")
+    if temperature < 0 or (top_k is not None and top_k < 1):
+        raise ValueError(f"expected temperature >= 0 and top_k None or >= 1, got temperature={temperature}, "
+                         f"top_k={top_k}")
+    pad = pad_token_id if pad_token_id is not None else eos_token_id if eos_token_id is not None else 0
+    device = next(model.parameters()).device
+    width = max(map(len, rows))
+    grouped = [r for r in rows for _ in range(group_size)]
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in grouped], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in grouped], device=device)
+    B = ids.shape[0]
+    names = model_input_names(signature_of(input_module(model)))
+    cache = _takes_cache(model)
+    live = torch.ones(B, dtype=torch.bool, device=device)  # rows that have not drawn eos yet
+    drawn, drawn_lp, drawn_live, past = [], [], [], None
+    with eval_mode(model):
+        for _ in range(max_new_tokens):
+            if cache:  # only the new token goes in; the keys and values of the others are in `past`
+                step_ids = ids if past is None else ids[:, -1:]
+                out = model(input_ids=step_ids, attention_mask=mask, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+            else:
+                out = model_call(model, {"input_ids": ids, "attention_mask": mask}, 1, names)
+            token, lp = _draw(_last_logits(out), temperature, top_k, generator)
+            token = torch.where(live, token, torch.full_like(token, pad))
+            drawn.append(token), drawn_lp.append(torch.where(live, lp, torch.zeros_like(lp))), drawn_live.append(live)
+            ids, mask = torch.cat([ids, token[:, None]], 1), torch.cat([mask, live[:, None].to(mask.dtype)], 1)
+            if eos_token_id is not None:
+                live = live & (token != eos_token_id)
+            if not live.any():
+                break
+    n = len(drawn)
+    counted = torch.stack(drawn_live, 1)
+    target_tokens = torch.full_like(ids, IGNORE_INDEX)
+    target_tokens[:, width - 1:width - 1 + n] = torch.where(counted, torch.stack(drawn, 1), IGNORE_INDEX)
+    logprobs = torch.zeros(ids.shape, dtype=drawn_lp[0].dtype, device=device)
+    logprobs[:, width - 1:width - 1 + n] = torch.stack(drawn_lp, 1)
+    prompt_index = torch.arange(len(rows), device=device).repeat_interleave(group_size)
+    return {"input_ids": ids, "attention_mask": mask, "target_tokens": target_tokens, "logprobs": logprobs,
+            "prompt_index": prompt_index}
+
+
+def model_logprobs(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """`(B, T)`: `model`'s log-probabilities of the batch's `target_tokens` (0 where ignored), from one
+    forward pass over its `input_ids` and `attention_mask` in eval mode under no_grad, modes put back:
+    a frozen reference model's `ref_logprobs`, or the policy's own to compare with the sampler's.
+
+    >>> from minilearn.demo.tiny_model import TinyCausalLM
+    >>> lm = TinyCausalLM(vocab_size=12, dim=16, n_layers=1, n_heads=2, max_len=16)
+    >>> out = sample(lm, [[1, 2]], max_new_tokens=3, generator=torch.Generator().manual_seed(0))
+    >>> torch.allclose(model_logprobs(lm, out), out["logprobs"], atol=1e-6)
+    True
+    """
+    device = next(model.parameters()).device
+    names = model_input_names(signature_of(input_module(model)))
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask") if k in batch}
+    with eval_mode(model):
+        lp = token_logprobs(_logits(model_call(model, inputs, 1, names)), batch["target_tokens"].to(device))
+    return torch.where(batch["target_tokens"].to(device) != IGNORE_INDEX, lp, torch.zeros_like(lp))
+
+
+def completion_tokens(batch: Mapping[str, torch.Tensor], eos_token_id: int | None = None) -> list[list[int]]:
+    """The drawn tokens of each row of a `sample` batch (its counted `target_tokens`), without the
+    final `eos_token_id` when one is given: what a reward function reads.
+
+    >>> completion_tokens({"target_tokens": torch.tensor([[-100, 7, 2, -100], [-100, 8, -100, -100]])}, eos_token_id=2)
+    [[7], [8]]
+    """
+    out = []
+    for row in batch["target_tokens"]:
+        tokens = row[row != IGNORE_INDEX].tolist()
+        out.append(tokens[:-1] if eos_token_id is not None and tokens and tokens[-1] == eos_token_id else tokens)
+    return out

@@ -1,0 +1,145 @@
+"""On-policy rounds inside fit (RolloutCB): every aggregation of PolicyGradientLoss gives the weights of
+the whole round in one step under gradient accumulation 1/2/4 and under two real processes; the
+reference stays frozen; the reward reaches the table; misuse is refused."""
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_accelerate import fresh_accelerate, reset_accelerate  # noqa: F401
+from test_accelerate_multiprocess import torchrun
+
+from minilearn import Callback, DataLoaders, Learner
+from minilearn.callbacks import MetricsCB, ProgressCB, RolloutCB
+from minilearn.losses import IGNORE_INDEX, PolicyGradientLoss
+
+sys.path.insert(0, str(Path(__file__).parent / "dist"))
+import rl_round  # noqa: E402
+
+SCRIPT = Path(__file__).parent / "dist" / "rl_round.py"
+
+
+def assert_same(a, b, tol=1e-6):
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=tol, rtol=0), (k, (a[k] - b[k]).abs().max().item())
+
+
+@pytest.mark.parametrize("aggregation", rl_round.AGGREGATIONS)
+def test_accumulation_gives_the_weights_of_the_whole_round(aggregation):
+    ref, ref_rewards, _ = rl_round.run(aggregation)
+    for gas in (1, 2, 4):
+        reset_accelerate()
+        got, rewards, _ = rl_round.run(aggregation, rl_round.ROLLOUTS // gas, gas, accelerate=True)
+        assert_same(got, ref)
+        assert rewards == pytest.approx(ref_rewards, abs=1e-6)  # the second round drew the same rollouts
+
+
+def test_the_rounds_really_train_and_differ_in_length():
+    start = rl_round.model(0).state_dict()
+    weights, rewards, learn = rl_round.run("sequence_mean")
+    assert any(not torch.equal(weights[k], start[k]) for k in start)
+    lengths = (learn.dls.train.dataset.batch["target_tokens"] != IGNORE_INDEX).sum(1)
+    assert len(set(lengths.tolist())) > 2  # per-token and per-sequence means differ on these rollouts
+
+
+def test_per_micro_batch_means_would_not_match():
+    # What the exact normalisation is for: the same loss returned as a plain mean of each micro-batch
+    # gives other weights under accumulation.
+    class PlainMean(PolicyGradientLoss):
+        def forward(self, logits, target_tokens, logprobs, advantages, ref_logprobs=None):
+            # arithmetic drops the parts: a plain scalar, averaged per micro-batch
+            return super().forward(logits, target_tokens, logprobs, advantages, ref_logprobs) * 1.0
+
+    ref, _, _ = rl_round.run("token_mean")
+    original = rl_round.PolicyGradientLoss
+    rl_round.PolicyGradientLoss = PlainMean
+    try:
+        got, _, _ = rl_round.run("token_mean", rl_round.ROLLOUTS // 4, 4, accelerate=True)
+    finally:
+        rl_round.PolicyGradientLoss = original
+    assert max((got[k] - ref[k]).abs().max().item() for k in ref) > 1e-4
+
+
+def test_two_processes_give_the_weights_of_one(tmp_path):
+    results = torchrun(tmp_path / "rl.pt", script=SCRIPT, timeout=600)
+    for aggregation in rl_round.AGGREGATIONS:
+        ref, ref_rewards, _ = rl_round.run(aggregation)
+        for gas in (1, 2):
+            weights, rewards = results[f"{aggregation}/gas{gas}"]
+            assert_same(weights, ref)
+            assert rewards == pytest.approx(ref_rewards, abs=1e-6)
+
+
+def test_the_reference_stays_frozen_and_the_reward_joins_the_table(capsys):
+    policy = rl_round.model(0)
+    ref = copy.deepcopy(policy)
+    frozen = copy.deepcopy(ref.state_dict())
+    rl = RolloutCB(rl_round.PROMPTS, rl_round.reward, group_size=4, max_new_tokens=5, eos_token_id=0, ref_model=ref)
+    metrics = MetricsCB()
+    # One step a round, so the first round is scored by the policy before it moved.
+    learn = Learner(policy, DataLoaders(torch.utils.data.DataLoader(rl.buffer, batch_size=16), []),
+                    PolicyGradientLoss("ppo", kl_coef=0.1), lr=0.05, cbs=[rl, metrics, ProgressCB()])
+    learn.fit(3)
+    assert all(torch.equal(v, frozen[k]) for k, v in ref.state_dict().items())
+    assert all(p.grad is None for p in ref.parameters())
+    train_rows = [r for r in metrics.history if r["phase"] == "train"]
+    assert [r["reward"] for r in train_rows] == [h["reward"] for h in rl.history]
+    assert "reward" in capsys.readouterr().out
+    assert train_rows[0]["mean_kl"] == pytest.approx(0, abs=1e-6)  # the first round: policy == reference
+    assert train_rows[-1]["mean_kl"] > 0
+    # A second fit goes on with new rounds (the round number seeds them, not the epoch).
+    learn.fit(1)
+    assert len(rl.history) == 4
+
+
+def test_rounds_draw_prompts_and_are_reproducible():
+    def rounds(seed):
+        policy = rl_round.model(0)
+        rl = RolloutCB([[t] for t in range(1, 11)], rl_round.reward, group_size=2, max_new_tokens=3,
+                       prompts_per_round=3, seed=seed)
+        learn = Learner(policy, DataLoaders(torch.utils.data.DataLoader(rl.buffer, batch_size=6), []),
+                        PolicyGradientLoss(), lr=0.1, cbs=rl)
+        seen = []
+        learn.fit(3, cbs=[SeePrompts(seen)])
+        return seen
+
+    class SeePrompts(Callback):
+        order = 50
+
+        def __init__(self, seen):
+            self.seen = seen
+
+        def before_batch(self, learn):
+            self.seen.append(learn.batch["input_ids"][:, 0].tolist())
+
+    a, b, c = rounds(0), rounds(0), rounds(1)
+    assert a == b and a != c
+    assert all(len(set(ids)) <= 3 for ids in a)  # 3 prompts a round, each twice
+
+
+def test_misuse_is_refused_and_the_learner_stays_usable():
+    policy = rl_round.model(0)
+    rl = RolloutCB(rl_round.PROMPTS, rl_round.reward, group_size=2, max_new_tokens=3, ref_model=policy)
+    other = [{"input_ids": torch.zeros(2, 3, dtype=torch.long), "target_tokens": torch.zeros(2, 3, dtype=torch.long),
+              "logprobs": torch.zeros(2, 3), "advantages": torch.zeros(2, 3)}]
+    learn = Learner(policy, DataLoaders(other, []), PolicyGradientLoss(), lr=0.1)
+    with pytest.raises(ValueError, match="training loader reads another dataset"):
+        learn.fit(1, cbs=rl)
+    learn.dls = DataLoaders(torch.utils.data.DataLoader(rl.buffer, batch_size=4), [])
+    with pytest.raises(ValueError, match="ref_model shares parameters"):
+        learn.fit(1, cbs=rl)
+    with pytest.raises(ValueError, match="prompts_per_round"):
+        RolloutCB(rl_round.PROMPTS, rl_round.reward, group_size=2, max_new_tokens=3, prompts_per_round=9)
+    with pytest.raises(RuntimeError, match="RolloutBuffer is empty"):
+        learn.fit(1)  # no RolloutCB: nothing fills the buffer
+    bad = RolloutCB(rl_round.PROMPTS, lambda p, c: [1.0], group_size=2, max_new_tokens=3)
+    learn.dls = DataLoaders(torch.utils.data.DataLoader(bad.buffer, batch_size=4), [])
+    with pytest.raises(ValueError, match="reward_fn returned"):
+        learn.fit(1, cbs=bad)
+    good = RolloutCB(rl_round.PROMPTS, rl_round.reward, group_size=2, max_new_tokens=3)
+    learn.dls = DataLoaders(torch.utils.data.DataLoader(good.buffer, batch_size=4), [])
+    learn.fit(1, cbs=good)  # still usable
+    assert len(good.history) == 1 and not any(isinstance(c, RolloutCB) for c in learn.cbs)
+
