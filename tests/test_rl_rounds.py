@@ -89,6 +89,8 @@ def test_the_reference_stays_frozen_and_the_reward_joins_the_table(capsys):
     assert "reward" in capsys.readouterr().out
     assert train_rows[0]["mean_kl"] == pytest.approx(0, abs=1e-6)  # the first round: policy == reference
     assert train_rows[-1]["mean_kl"] > 0
+    ax = rl.plot_rewards()
+    assert list(ax.lines[0].get_ydata()) == [h["reward"] for h in rl.history]
     # A second fit goes on with new rounds (the round number seeds them, not the epoch).
     learn.fit(1)
     assert len(rl.history) == 4
