@@ -67,6 +67,19 @@ def test_the_cache_and_the_whole_sequence_agree():
     torch.testing.assert_close(a["logprobs"], b["logprobs"], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_hugging_face_models_are_run_one_new_token_at_a_time(name):
+    model = models()[name]
+    widths = []
+    hook = model.register_forward_pre_hook(lambda m, args, kwargs: widths.append(kwargs["input_ids"].shape[1]),
+                                           with_kwargs=True)
+    try:
+        sample(model, PROMPTS, 4, generator=torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    assert widths == [3, 1, 1, 1]  # the prompts once, then each drawn token alone: the KV cache holds the rest
+
+
 @pytest.mark.parametrize("temperature,top_k", [(0.7, None), (1.5, 4), (1.0, 1)])
 def test_logprobs_are_those_of_the_distribution_sampled(temperature, top_k):
     model = models()["tiny"]

@@ -106,10 +106,13 @@ def _draw(logits: torch.Tensor, temperature: float, top_k: int | None,
     return token, logp.gather(-1, token[:, None])[:, 0]
 
 
-def _takes_cache(model: nn.Module) -> bool:
-    # Hugging Face causal LMs take and return `past_key_values`; others are run on the whole sequence.
+def _cache_argument(model: nn.Module) -> str | None:
+    # Hugging Face causal LMs take and return their KV cache: as `cache` (transformers 5) or
+    # `past_key_values` (earlier versions). Other models are run on the whole sequence every step.
     names = model_input_names(signature_of(input_module(model)))
-    return "past_key_values" in names and "use_cache" in names
+    if "use_cache" not in names:
+        return None
+    return next((name for name in ("cache", "past_key_values") if name in names), None)
 
 
 def sample(model: nn.Module, prompts: Prompts, max_new_tokens: int, temperature: float = 1.0,
@@ -164,15 +167,15 @@ def sample(model: nn.Module, prompts: Prompts, max_new_tokens: int, temperature:
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in grouped], device=device)
     B = ids.shape[0]
     names = model_input_names(signature_of(input_module(model)))
-    cache = _takes_cache(model)
+    cache = _cache_argument(model)
     live = torch.ones(B, dtype=torch.bool, device=device)  # rows that have not drawn eos yet
     drawn, drawn_lp, drawn_live, past = [], [], [], None
     with eval_mode(model):
         for _ in range(max_new_tokens):
             if cache:  # only the new token goes in; the keys and values of the others are in `past`
                 step_ids = ids if past is None else ids[:, -1:]
-                out = model(input_ids=step_ids, attention_mask=mask, past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                out = model(input_ids=step_ids, attention_mask=mask, use_cache=True, **{cache: past})
+                past = out[cache]
             else:
                 out = model_call(model, {"input_ids": ids, "attention_mask": mask}, 1, names)
             token, lp = _draw(_last_logits(out), temperature, top_k, generator)
