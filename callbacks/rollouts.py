@@ -39,6 +39,7 @@ class RolloutCB(Callback):
     them) and a run repeated from the same start draws the same rounds. `history` holds a row a round (`epoch`, `reward`, its
     `reward_std`, the mean `completion_tokens`, the sampling `seconds`), and the round's mean
     `reward` joins the epoch's row of the progress table (`learn.epoch_metrics`, MetricsCB's).
+    Checkpoints keep the rounds (and a round in progress), so `fit(resume=...)` goes on exactly.
     """
 
     # Samples at before_epoch (any order would do: the loader starts after before_epoch); at after_epoch,
@@ -59,6 +60,9 @@ class RolloutCB(Callback):
         self.ref_model, self.advantage_scale, self.seed = ref_model, advantage_scale, seed
         self.buffer = RolloutBuffer(self.prompts_per_round * group_size)
         self.history: list[dict] = []
+        # True from a round's sampling to the end of its training pass: a checkpoint saved in between
+        # resumes that round on the same rollouts instead of drawing a new one.
+        self._in_round = self._keep_round = False
 
     def before_fit(self, learn):
         if getattr(learn.dls.train, "dataset", None) is not self.buffer:
@@ -71,6 +75,10 @@ class RolloutCB(Callback):
 
     def before_epoch(self, learn):
         if not learn.training:
+            return
+        self._in_round = True
+        if self._keep_round:  # resumed in the middle of a round: go on with its rollouts
+            self._keep_round = False
             return
         start = time.perf_counter()
         seed = self.seed * 1_000_003 + len(self.history)  # the round's number: fits called again draw new rounds
@@ -92,9 +100,23 @@ class RolloutCB(Callback):
                              "seconds": time.perf_counter() - start})
 
     def after_epoch(self, learn):
+        if learn.training:
+            self._in_round = False
         row = learn.epoch_metrics
         if learn.training and row is not None and row.get("phase") == "train" and self.history:
             row["reward"] = self.history[-1]["reward"]
+
+    def state_dict(self) -> dict:
+        """The rounds so far and, saved in the middle of a round, its rollouts: a fit resumed from a
+        checkpoint (`fit(resume=...)`) draws the rounds the uninterrupted fit would have drawn."""
+        return {"history": self.history, "in_round": self._in_round,
+                "rollouts": self.buffer.batch if self._in_round else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take back what `state_dict` gave."""
+        self.history, self._keep_round = list(state["history"]), state["in_round"]
+        if state["in_round"]:
+            self.buffer.fill(state["rollouts"])
 
     def plot_rewards(self, ax=None):
         """Plot the mean reward of each round (with its within-group spread); returns the axes."""

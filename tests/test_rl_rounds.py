@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_accelerate import fresh_accelerate, reset_accelerate  # noqa: F401
 from test_accelerate_multiprocess import torchrun
+from test_resume import SaveThenInterrupt
 
 from minilearn import Callback, DataLoaders, Learner
 from minilearn.callbacks import MetricsCB, ProgressCB, RolloutCB
@@ -94,6 +95,32 @@ def test_the_reference_stays_frozen_and_the_reward_joins_the_table(capsys):
     # A second fit goes on with new rounds (the round number seeds them, not the epoch).
     learn.fit(1)
     assert len(rl.history) == 4
+
+
+def rl_learner(seed=0):
+    policy = rl_round.model(seed)
+    rl = RolloutCB(rl_round.PROMPTS, rl_round.reward, group_size=4, max_new_tokens=5, eos_token_id=0,
+                   ref_model=rl_round.model(1))
+    loader = torch.utils.data.DataLoader(rl.buffer, batch_size=4, shuffle=True)
+    loss = PolicyGradientLoss("ppo", kl_coef=0.5, aggregation="sequence_mean")
+    return Learner(policy, DataLoaders(loader, []), loss, lr=0.05, opt_func=torch.optim.Adam), rl
+
+
+@pytest.mark.parametrize("epoch, iter", [(1, 1), (1, None)], ids=["mid-round", "between-rounds"])
+def test_a_resumed_fit_draws_the_rounds_of_the_uninterrupted_one(tmp_path, epoch, iter):
+    torch.manual_seed(1)
+    learn, rl = rl_learner()
+    learn.fit(3, cbs=rl)
+    expected, expected_rewards = [p.detach().clone() for p in learn.model.parameters()], [h["reward"] for h in rl.history]
+    torch.manual_seed(1)
+    learn, rl = rl_learner()
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(3, cbs=[rl, SaveThenInterrupt(tmp_path / "ck", epoch, iter)])
+    torch.manual_seed(99)  # a new process: other random states, other weights
+    resumed, rl = rl_learner(seed=5)
+    resumed.fit(3, cbs=rl, resume=tmp_path / "ck")
+    assert all(torch.equal(p, q) for p, q in zip(expected, resumed.model.parameters()))
+    assert [h["reward"] for h in rl.history] == expected_rewards
 
 
 def test_rounds_draw_prompts_and_are_reproducible():
