@@ -41,9 +41,9 @@ def make_rollouts(model: nn.Module, prompts: Prompts, reward_fn: RewardFn, group
     >>> sorted(out), out["advantages"].shape
     (['advantages', 'attention_mask', 'input_ids', 'logprobs', 'prompt_index', 'rewards', 'target_tokens'], torch.Size([4, 5]))
     """
-    batch = sample(model, prompts, max_new_tokens, temperature=temperature, top_k=top_k, eos_token_id=eos_token_id,
-                   group_size=group_size, generator=generator)
     rows = prompt_tokens(prompts)
+    batch = sample(model, rows, max_new_tokens, temperature=temperature, top_k=top_k, eos_token_id=eos_token_id,
+                   group_size=group_size, generator=generator)
     completions = completion_tokens(batch, eos_token_id)
     rewards = reward_fn([rows[i] for i in batch["prompt_index"].tolist()], completions)
     rewards = torch.as_tensor(rewards, dtype=torch.float32, device=batch["input_ids"].device)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minilearn.inputs import input_module, model_call, model_input_names, signature_of
+from minilearn.inputs import input_module, model_call, model_input_names, select_output, signature_of
 from minilearn.logprobs.linear import LinearLogits
 from minilearn.logprobs.tokens import IGNORE_INDEX, token_logprobs
 
@@ -66,14 +66,11 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def _logits(out: Any) -> torch.Tensor | LinearLogits:
-    # The logits (B, T, V) in what a causal LM returns: a tensor, an output with .logits, the first item of
-    # a tuple, or LinearLogits (a FusedHead).
-    if isinstance(out, (torch.Tensor, LinearLogits)):
-        logits = out
-    else:
-        logits = getattr(out, "logits", None)
-        if logits is None and isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
-            logits = out[0]
+    # The logits (B, T, V) in what a causal LM returns (the loss's rule, `select_output`: a tensor, a
+    # Hugging Face output's .logits, LinearLogits from a FusedHead), or the first item of a tuple.
+    logits = select_output(out, "logits")
+    if isinstance(logits, tuple) and logits:
+        logits = logits[0]
     if not isinstance(logits, (torch.Tensor, LinearLogits)) or logits.ndim != 3:
         shape = f" with shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else ""
         raise TypeError(f"sample needs a causal LM returning logits (B, T, V), an output with .logits, or LinearLogits; "
@@ -106,10 +103,10 @@ def _draw(logits: torch.Tensor, temperature: float, top_k: int | None,
     return token, logp.gather(-1, token[:, None])[:, 0]
 
 
-def _cache_argument(model: nn.Module) -> str | None:
-    # Hugging Face causal LMs take and return their KV cache: as `cache` (transformers 5) or
-    # `past_key_values` (earlier versions). Other models are run on the whole sequence every step.
-    names = model_input_names(signature_of(input_module(model)))
+def _cache_argument(names: tuple[str, ...]) -> str | None:
+    # Hugging Face causal LMs (their forward's parameter `names`) take and return their KV cache: as
+    # `cache` (transformers 5) or `past_key_values` (earlier versions). Other models are run on the whole
+    # sequence every step.
     if "use_cache" not in names:
         return None
     return next((name for name in ("cache", "past_key_values") if name in names), None)
@@ -167,7 +164,7 @@ def sample(model: nn.Module, prompts: Prompts, max_new_tokens: int, temperature:
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in grouped], device=device)
     B = ids.shape[0]
     names = model_input_names(signature_of(input_module(model)))
-    cache = _cache_argument(model)
+    cache = _cache_argument(names)
     live = torch.ones(B, dtype=torch.bool, device=device)  # rows that have not drawn eos yet
     drawn, drawn_lp, drawn_live, past = [], [], [], None
     with eval_mode(model):
@@ -211,9 +208,10 @@ def model_logprobs(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch
     device = next(model.parameters()).device
     names = model_input_names(signature_of(input_module(model)))
     inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask") if k in batch}
+    targets = batch["target_tokens"].to(device)
     with eval_mode(model):
-        lp = token_logprobs(_logits(model_call(model, inputs, 1, names)), batch["target_tokens"].to(device))
-    return torch.where(batch["target_tokens"].to(device) != IGNORE_INDEX, lp, torch.zeros_like(lp))
+        lp = token_logprobs(_logits(model_call(model, inputs, 1, names)), targets)
+    return torch.where(targets != IGNORE_INDEX, lp, torch.zeros_like(lp))
 
 
 def completion_tokens(batch: Mapping[str, torch.Tensor], eos_token_id: int | None = None) -> list[list[int]]:
