@@ -21,7 +21,7 @@ from minilearn.callback import Callback
 from minilearn.data import DataLoaders, is_mapping, to_device
 from minilearn.distributed import is_main_process, pad_across_processes
 from minilearn.exceptions import CancelBatchException
-from minilearn.inputs import SignatureCache, loss_call, per_item_losses, store_loss
+from minilearn.inputs import LastCall, loss_call, per_item_losses, signature_of, store_loss
 from minilearn.logprobs.linear import LinearLogits
 from minilearn.logprobs.tokens import IGNORE_INDEX
 from minilearn.normalized_loss import loss_kind
@@ -338,7 +338,7 @@ class AccelerateCustomCB(AccelerateCB):
     def __init__(self, loss: Callable, **kwargs: Any):
         super().__init__(**kwargs)
         self.loss = loss
-        self._signature = SignatureCache()
+        self._signature = LastCall(signature_of)
 
     def before_fit(self, learn):
         super().before_fit(learn)

@@ -3,7 +3,7 @@
 from collections.abc import Callable
 
 from minilearn.callback import Callback
-from minilearn.inputs import SignatureCache, loss_call, per_item_losses, store_loss
+from minilearn.inputs import LastCall, loss_call, per_item_losses, signature_of, store_loss
 from minilearn.order import Order
 
 __all__ = ["LossCB"]
@@ -26,7 +26,7 @@ class LossCB(Callback):
 
     def __init__(self, loss: Callable):
         self.loss = loss
-        self._signature = SignatureCache()
+        self._signature = LastCall(signature_of)
 
     def get_loss(self, learn):
         store_loss(learn, loss_call(self.loss, learn.preds, learn.batch, learn.n_inp, self._signature(self.loss)), self.loss)

@@ -19,7 +19,7 @@ from minilearn.data import is_mapping
 from minilearn.exceptions import LossOutputError, MissingInputError
 from minilearn.normalized_loss import LossTensor, NormalizedLoss
 
-__all__ = ["Signature", "signature_of", "SignatureCache", "model_input_names", "input_module",
+__all__ = ["Signature", "signature_of", "LastCall", "model_input_names", "input_module",
            "model_call", "loss_call", "per_item_losses", "select_output",
            "split_loss_output",
            "store_loss", "callable_name"]
@@ -65,25 +65,28 @@ def signature_of(f: Callable) -> Signature:
     )
 
 
-class SignatureCache:
-    """The signature of one callable at a time, read when first asked for and again only when asked
-    about another callable: reading a signature costs more than a small training step, and a
-    callback asks for it every batch (the callable may be swapped between batches).
+class LastCall:
+    """`fn(x)` for the last `x` it was asked about, computed again only when asked about another
+    object (compared by identity). The loop asks every batch for what depends only on the model or
+    the loss (a signature, the model's input names); reading a signature or unwrapping a model costs
+    more than a small training step, and the model or loss may still be swapped between batches.
 
-    >>> cache = SignatureCache()
+    >>> names = LastCall(signature_of)
     >>> f = lambda logits, weights: 0
-    >>> cache(f) is cache(f), cache(f).names
+    >>> names(f) is names(f), names(f).names
     (True, ('weights',))
     """
 
-    def __init__(self):
-        self._of: Callable | None = None
-        self._sig: Signature | None = None
+    def __init__(self, fn: Callable[[Any], Any]):
+        self.fn = fn
+        self._of: Any = None
+        self._result: Any = None
+        self._done = False
 
-    def __call__(self, f: Callable) -> Signature:
-        if self._sig is None or self._of is not f:
-            self._of, self._sig = f, signature_of(f)
-        return self._sig
+    def __call__(self, x: Any) -> Any:
+        if not self._done or self._of is not x:
+            self._of, self._result, self._done = x, self.fn(x), True
+        return self._result
 
 
 def model_input_names(sig: Signature) -> tuple[str, ...]:
@@ -149,8 +152,8 @@ def loss_call(f: Callable, output: Any, batch: Any, n_inp: int, sig: Signature |
               kind: str = "loss") -> Any:
     """Call a loss (or metric) `f` with the model output and the inputs its parameters name.
 
-    `sig` is `signature_of(f)`, passed in by callers that cache it (reading a signature costs more
-    than a small training step). Raises `MissingInputError` naming `f`, the missing input and what the
+    `sig` is `signature_of(f)`, passed in by callers that cache it (`LastCall`): reading a signature
+    costs more than a small training step. Raises `MissingInputError` naming `f`, the missing input and what the
     batch has.
     """
     sig = sig or signature_of(f)

@@ -3,8 +3,8 @@
 from collections.abc import Sequence
 
 from minilearn.callback import Callback
-from minilearn.inputs import (SignatureCache, input_module, loss_call, model_call, model_input_names, per_item_losses,
-                              store_loss)
+from minilearn.inputs import (LastCall, input_module, loss_call, model_call, model_input_names, per_item_losses,
+                              signature_of, store_loss)
 from minilearn.order import Order
 
 __all__ = ["TrainCB"]
@@ -26,14 +26,16 @@ class TrainCB(Callback):
 
     def __init__(self, model_inputs: Sequence[str] | None = None):
         self.model_inputs = tuple(model_inputs) if model_inputs is not None else None
-        self._loss_signature, self._model_signature = SignatureCache(), SignatureCache()
+        # Found again only when the loss or model object changes (AccelerateCB replaces the model), not per batch.
+        self._loss_signature = LastCall(signature_of)
+        self._model_input_names = LastCall(lambda model: model_input_names(signature_of(input_module(model))))
 
     def model_input_names(self, model) -> tuple[str, ...]:
         """The keys of a mapping batch that go to `model`: `model_inputs`, else those its `forward` names
         (the forward of the module inside a wrapper such as DDP: see `minilearn.inputs.input_module`)."""
         if self.model_inputs is not None:
             return self.model_inputs
-        return model_input_names(self._model_signature(input_module(model)))
+        return self._model_input_names(model)
 
     def predict(self, learn):
         learn.preds = model_call(learn.model, learn.batch, learn.n_inp, self.model_input_names(learn.model))
