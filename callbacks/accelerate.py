@@ -8,13 +8,14 @@ import atexit
 import functools
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState, PartialState
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, set_seed
 from torch.utils.data import DataLoader
 
 from minilearn.callback import Callback
@@ -82,14 +83,17 @@ class AccelerateCB(Callback):
       `learn.unwrapped_model` is then the model without Accelerate's wrappers.
     - With `gradient_accumulation_steps=k`, gradients of k micro-batches are summed and the optimizer
       steps once; between boundaries `step` raises `CancelBatchException`, so `after_step` callbacks
-      (schedules) run once per real optimizer step.
+      (schedules) run once per real optimizer step. A window never crosses the end of a training
+      pass: the last micro-batches of a pass (fewer than k) make a step of their own, normalised by the
+      same rules as a whole window (so the end of the fit leaves no gradient behind).
     - A loss with a denominator (the plug-in losses, or any loss returning
       `NormalizedLoss(total, denominator)`; `learn.loss_parts`) gets the exact gradient of the whole
       global batch: `total` is back-propagated, the denominators are added up over micro-batches and
       processes, and the gradients are divided by that sum before clipping and stepping. A
       sum-reduced loss (`WeightedCrossEntropy(reduction="sum")`, `PolicyGradientLoss`) gets the
-      gradient of its sum over the whole global batch. Any other loss is averaged per micro-batch
-      (and per process), as in a plain loop.
+      gradient of its sum over the whole global batch. Any other loss gets the mean of its values
+      over the micro-batches of the step (and the processes), as in a hand-written accumulation
+      loop; for a short window at the end of a pass, over the micro-batches it has.
     - `max_grad_norm` clips at the boundary, after the division (use it instead of GradClipCB).
     - Validation predictions and batches are gathered from all processes before the loss, so
       validation metrics are those of the whole validation set (the duplicates that even sharding
@@ -106,13 +110,20 @@ class AccelerateCB(Callback):
     On a machine without a GPU, a multi-process launch needs `cpu=True`; it is set for you when
     `WORLD_SIZE` > 1 and CUDA is not available, and a launcher/Accelerate disagreement on the number
     of processes is refused rather than silently training unsharded.
+
+    Random streams: under several processes each one draws its own dropout masks and augmentations.
+    At the first fit, process `i` is seeded with `seed + i` (Accelerate's `set_seed(seed,
+    device_specific=True)`); without `seed`, one is drawn from torch's generator, so
+    `torch.manual_seed(s)` at the top of the script reproduces the run. In one process the stream is
+    left as it is unless `seed` is given. A resumed fit (`fit(resume=...)`) then sets back each
+    process's own saved states.
     """
 
     order = Order.ACCELERATE
 
     def __init__(self, mixed_precision: str | None = None, gradient_accumulation_steps: int = 1,
                  max_grad_norm: float | None = None, valid_padding: dict[str, float] | None = None,
-                 **accelerator_kwargs: Any):
+                 seed: int | None = None, **accelerator_kwargs: Any):
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size > 1 and not torch.cuda.is_available():
             accelerator_kwargs.setdefault("cpu", True)
@@ -122,8 +133,10 @@ class AccelerateCB(Callback):
             # process's own setup, PartialState, stays: it cannot change within the process).
             AcceleratorState._reset_state()
             GradientState._reset_state()
-        self.acc = Accelerator(mixed_precision=mixed_precision,
-                               gradient_accumulation_steps=gradient_accumulation_steps, **accelerator_kwargs)
+        # The accumulation windows are kept here, not by Accelerate (whose counter runs on across
+        # epochs over a plain list and divides a short window's gradients by k): its Accelerator
+        # steps at every call, and `before_batch` decides which micro-batch ends a window.
+        self.acc = Accelerator(mixed_precision=mixed_precision, **accelerator_kwargs)
         if self.acc.num_processes != world_size:
             raise RuntimeError(
                 f"the launcher started WORLD_SIZE={world_size} processes but Accelerate sees "
@@ -138,9 +151,17 @@ class AccelerateCB(Callback):
         # installed packages and signatures on every call (0.1-0.3 ms a batch): then we skip them.
         self._plain = self.acc.scaler is None and self.acc.distributed_type not in (
             DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM, DistributedType.XLA)
-        # Accumulation bookkeeping is only needed with several micro-batches or processes a step.
-        self._accumulating = gradient_accumulation_steps > 1 or self.acc.num_processes > 1
-        self._settings = (self.acc.gradient_accumulation_steps, self.acc.mixed_precision)
+        self.gradient_accumulation_steps, self.seed = gradient_accumulation_steps, seed
+        self._seeded = False  # each process's random stream is set once, at the first fit
+        self._ends_step = True  # whether this training micro-batch ends an accumulation window
+        self._no_sync = None  # DDP's no_sync context while a window is open
+        self._pass_length: int | None = None  # batches in this training pass (None: Accelerate's loader says when it ends)
+        self._mixed_precision = self.acc.mixed_precision
+        if mixed_precision not in (None, "no") and not self.acc.native_amp:
+            # Accelerate then trains in float32 without a word: the run would look like mixed precision.
+            warnings.warn(f"mixed_precision={mixed_precision!r} cannot run on {self.acc.device.type}: Accelerate "
+                          f"makes no autocast or loss scaler there, so this trains in float32. On a CPU use "
+                          f"mixed_precision='bf16'; float16 needs a GPU.", UserWarning, stacklevel=2)
         self._model = self._opt = self._dls = None  # the prepared ones
         self._user_model = self._user_opt = self._user_dls = None  # what they replaced, put back by `removed`
         self._user_model_attrs: frozenset[str] = frozenset()  # the names in vars(user's model) before preparing
@@ -153,11 +174,10 @@ class AccelerateCB(Callback):
         return self.acc.prepare_data_loader(dl) if isinstance(dl, DataLoader) else dl
 
     def before_fit(self, learn):
-        now = (self.acc.gradient_accumulation_steps, self.acc.mixed_precision)
-        if now != self._settings:
+        if self.acc.mixed_precision != self._mixed_precision:
             raise RuntimeError(
-                f"this AccelerateCB was built with (gradient_accumulation_steps, mixed_precision)={self._settings}, "
-                f"but Accelerate's process-wide state now says {now}: another AccelerateCB was built since. "
+                f"this AccelerateCB was built with mixed_precision={self._mixed_precision!r}, but Accelerate's "
+                f"process-wide state now says {self.acc.mixed_precision!r}: another AccelerateCB was built since. "
                 f"Build this one again (AccelerateCB(...)) to use it.")
         if any(type(cb).__name__ == "GradClipCB" for cb in learn.cbs):
             raise ValueError("GradClipCB clips each micro-batch before the gradients are normalised; "
@@ -177,23 +197,42 @@ class AccelerateCB(Callback):
                                                  self._prepare_loader(learn.dls.valid))
         learn.is_main_process, learn.grad_scaler = self.acc.is_main_process, self.acc.scaler
         self._denominator = self._step_kind = None
+        if not self._seeded:
+            self._seed_processes()
+
+    def _seed_processes(self) -> None:
+        # Every process starts with the random state the script gave it, the same everywhere, so they
+        # would all draw the same dropout masks. Process i gets the seed `seed + i` instead (python,
+        # numpy, torch, CUDA), the seed drawn from torch's generator when none is given, which the
+        # script's torch.manual_seed made the same on every process: one number reproduces the run.
+        # A single process keeps its own stream unless a seed is given.
+        self._seeded = True
+        if self.seed is None and self.acc.num_processes == 1:
+            return
+        seed = self.seed if self.seed is not None else int(torch.randint(0, 2**31 - 1024, ()))
+        set_seed(seed, device_specific=True)
 
     def before_epoch(self, learn):
         # Validation batches are gathered from every process (after_predict): only a training pass is split.
         learn.pass_is_sharded = learn.training and self.acc.num_processes > 1
+        if learn.training and self.gradient_accumulation_steps > 1:
+            self._pass_length = _batches_in_pass(learn.dls.train, self.gradient_accumulation_steps)
 
     def before_batch(self, learn):
         if not isinstance(learn.dl, DataLoader):  # prepared loaders place batches themselves
             learn.batch = to_device(learn.batch, self.acc.device)
-        if learn.training and self._accumulating:
-            # Decides whether this micro-batch ends an accumulation cycle (acc.sync_gradients) and,
-            # between boundaries, stops DDP from all-reducing gradients that are not final yet.
-            self._accumulate = self.acc.accumulate(learn.model)
-            self._accumulate.__enter__()
+        if learn.training and self.gradient_accumulation_steps > 1:
+            done = learn.iter + 1
+            self._ends_step = (done % self.gradient_accumulation_steps == 0 or done == self._pass_length or
+                               (self._pass_length is None and self.acc.gradient_state.end_of_dataloader))
+            if not self._ends_step:  # DDP must not all-reduce gradients that are not final yet
+                self._no_sync = self.acc.no_sync(learn.model)
+                self._no_sync.__enter__()
 
     def cleanup_batch(self, learn):
-        if learn.training and self._accumulating:
-            self._accumulate.__exit__(None, None, None)
+        if self._no_sync is not None:
+            self._no_sync.__exit__(None, None, None)
+            self._no_sync = None
 
     def after_predict(self, learn):
         if learn.training or self.acc.num_processes == 1:
@@ -230,29 +269,30 @@ class AccelerateCB(Callback):
             self._backward(learn.loss)
             return
         self._backward(parts.total)
-        d = parts.denominator.float()
+        d = parts.denominator.to(torch.promote_types(parts.denominator.dtype, torch.float32))  # float64 stays
         self._denominator = d if self._denominator is None else self._denominator + d
 
     def _backward(self, loss: torch.Tensor) -> None:
-        if not self._plain:
+        if self._plain:
+            loss.backward()  # what acc.backward does in this case
+        else:
             self.acc.backward(loss)
-            return
-        k = self.acc.gradient_accumulation_steps
-        (loss / k if k > 1 else loss).backward()  # what acc.backward does in this case
 
     def step(self, learn):
-        if not self.acc.sync_gradients:
+        if not self._ends_step:
             raise CancelBatchException()  # not a boundary: keep accumulating, no step, no zero_grad
-        # acc.backward divided each micro-batch by k and DDP averaged over p processes. A loss with a
-        # denominator undoes both and divides by the global denominator; a sum undoes both, so that the
-        # gradient is that of the sum over the whole global batch; a mean keeps the average.
-        scaled_by = self.acc.gradient_accumulation_steps * self.acc.num_processes
+        # The gradients hold the sum over this window's micro-batches, averaged over the p processes by
+        # DDP. A loss with a denominator undoes the average and divides by the global denominator; a sum
+        # undoes it, so that the gradient is that of the sum over the whole global batch; a mean (also
+        # what LogprobLossCB back-propagates) is divided by the micro-batches of the window.
+        p = self.acc.num_processes
         if self._step_kind == "ratio":
             total = self.acc.reduce(self._denominator.to(self.acc.device), "sum")
-            scale = torch.where(total != 0, scaled_by / total, torch.zeros_like(total))
-            self._scale_gradients(learn.model, scale)
-        elif self._step_kind == "sum" and scaled_by > 1:
-            self._scale_gradients(learn.model, torch.tensor(float(scaled_by), device=self.acc.device))
+            self._scale_gradients(learn.model, torch.where(total != 0, p / total, torch.zeros_like(total)))
+        elif self._step_kind == "sum" and p > 1:
+            self._scale_gradients(learn.model, float(p))
+        elif self._step_kind in ("mean", None) and (window := learn.iter % self.gradient_accumulation_steps + 1) > 1:
+            self._scale_gradients(learn.model, 1.0 / window)
         self._denominator = self._step_kind = None
         if self.max_grad_norm is not None:
             self.acc.clip_grad_norm_(learn.model.parameters(), self.max_grad_norm)
@@ -262,10 +302,10 @@ class AccelerateCB(Callback):
         learn.opt.zero_grad()  # only reached at a boundary: `step` cancels the rest
 
     @staticmethod
-    def _scale_gradients(model: torch.nn.Module, scale: torch.Tensor) -> None:
+    def _scale_gradients(model: torch.nn.Module, scale: torch.Tensor | float) -> None:
         for p in model.parameters():
-            if p.grad is not None:
-                p.grad.mul_(scale.to(p.grad.dtype))
+            if p.grad is not None:  # a Python float is exact in the gradients' own dtype
+                p.grad.mul_(scale.to(p.grad.dtype) if isinstance(scale, torch.Tensor) else scale)
 
     # ---- leaving the learner ---------------------------------------------------------------------
 
@@ -305,6 +345,19 @@ class AccelerateCB(Callback):
     def load_state(self, path: str | os.PathLike) -> None:
         """Load what `save_state` wrote (call after the first `fit`, once things are prepared)."""
         self.acc.load_state(str(path))
+
+
+def _batches_in_pass(loader: Any, gradient_accumulation_steps: int) -> int | None:
+    """The number of batches of a training pass, so that its last accumulation window can end with it;
+    None for a prepared loader without a length (Accelerate then says when its last batch comes)."""
+    try:
+        return len(loader)
+    except TypeError:
+        if isinstance(loader, DataLoader):
+            return None
+        raise TypeError(f"AccelerateCB(gradient_accumulation_steps={gradient_accumulation_steps}) needs to know where a "
+                        f"training pass ends, so that its last micro-batches still make a step, but the training loader "
+                        f"({type(loader).__name__}) has no len(): pass a DataLoader or a list of batches") from None
 
 
 def float32_outputs(x: Any) -> Any:

@@ -213,7 +213,7 @@ def test_a_new_callback_gets_its_own_settings_and_a_stale_one_says_so():
     learn = Learner(model(), DataLoaders(DataLoader(ds, batch_size=4), []), WeightedCE())
     first = AccelerateCB(gradient_accumulation_steps=2)
     second = AccelerateCB(gradient_accumulation_steps=4, mixed_precision="bf16")  # no clash, no reset needed
-    assert second.acc.gradient_accumulation_steps == 4 and second.acc.mixed_precision == "bf16"
+    assert second.gradient_accumulation_steps == 4 and second.acc.mixed_precision == "bf16"
     learn.fit(1, cbs=second)
     with pytest.raises(RuntimeError, match="another AccelerateCB was built since"):
         learn.fit(1, cbs=first)
@@ -245,3 +245,84 @@ def test_save_and_load_state_round_trip(tmp_path):
     learn.fit(1)
     acc.load_state(tmp_path / "state")
     assert_close(saved, list(learn.model.parameters()), 0)
+
+
+# ---- accumulation windows end with the training pass ------------------------------------------------
+
+def plain_ce(logits, target, weights):
+    return F.cross_entropy(logits, target)
+
+
+def sum_ce(logits, target, weights):
+    from minilearn.normalized_loss import LossTensor
+    return LossTensor.of_sum(-(weights * torch.log_softmax(logits, -1).gather(-1, target[:, None])[:, 0]).sum())
+
+
+def window_reference(batches, loss, k, epochs, lr):
+    """A hand-written loop: windows of k consecutive micro-batches, the last one of each pass as long as
+    what is left; a ratio gets sum of totals / sum of denominators, a sum its sum, a plain loss the mean
+    of its micro-batch values over the window."""
+    m = model().double()
+    opt = torch.optim.SGD(m.parameters(), lr=lr)
+    for _ in range(epochs):
+        for start in range(0, len(batches), k):
+            window = batches[start:start + k]
+            outs = [loss(m(x), y, w) for x, y, w in window]
+            if isinstance(outs[0], NormalizedLoss):
+                total = sum(o.total for o in outs) / sum(o.denominator for o in outs)
+            elif getattr(outs[0], "is_sum", False):
+                total = sum(outs)
+            else:
+                total = sum(outs) / len(window)
+            total.backward()
+            opt.step()
+            opt.zero_grad()
+    return list(m.parameters())
+
+
+@pytest.mark.parametrize("n_batches", [7, 12])
+@pytest.mark.parametrize("loader", ["DataLoader", "list"])
+@pytest.mark.parametrize("kind", ["plain", "ratio", "sum"])
+def test_a_short_window_at_the_end_of_a_pass_steps_normalised_by_its_own_micro_batches(n_batches, loader, kind):
+    ds = data([0.5, 2.0, 1.0, 0.0, 3.0, 1.5] * 2 * n_batches)
+    ds = TensorDataset(ds.tensors[0].double(), ds.tensors[1], ds.tensors[2].double())
+    loss = {"plain": plain_ce, "ratio": WeightedCE(), "sum": sum_ce}[kind]
+    dl = DataLoader(ds, batch_size=12)
+    train = dl if loader == "DataLoader" else list(dl)
+    steps = StepIters()
+    learn = Learner(model().double(), DataLoaders(train, []), loss, lr=0.1,
+                    cbs=[AccelerateCB(gradient_accumulation_steps=5), steps])
+    learn.fit(2)
+    # 7 micro-batches: windows 5 + 2 in each epoch; 12: 5 + 5 + 2. None crosses into the next epoch.
+    assert steps.iters == [4, n_batches - 1] * 2 if n_batches == 7 else [4, 9, 11] * 2
+    ref = window_reference(list(dl), loss, 5, 2, 0.1)
+    assert_close(learn.model.parameters(), ref, 1e-12)
+
+
+def test_a_training_loader_without_a_length_is_refused_when_windows_must_end_with_it():
+    batches = list(DataLoader(data([1.0] * 8), batch_size=4))
+    learn = Learner(model(), DataLoaders((b for b in batches), []), WeightedCE())
+    with pytest.raises(TypeError, match=r"gradient_accumulation_steps=2\) needs to know where a training pass ends.*"
+                                        r"\(generator\) has no len\(\)"):
+        learn.fit(1, cbs=AccelerateCB(gradient_accumulation_steps=2))
+    learn.dls = DataLoaders(batches, [])
+    learn.fit(1, cbs=AccelerateCB(gradient_accumulation_steps=2))  # the learner is still usable
+
+
+def test_float16_where_it_cannot_run_says_so():
+    with pytest.warns(UserWarning, match=r"mixed_precision='fp16' cannot run on cpu: .*trains in float32.*'bf16'"):
+        AccelerateCB(mixed_precision="fp16")
+
+
+def test_one_process_keeps_its_random_stream_unless_a_seed_is_given():
+    ds = data([1.0] * 8)
+    draws = []
+    for accelerate in (False, True):
+        reset_accelerate()
+        cbs = [AccelerateCB()] if accelerate else []
+        Learner(model(), DataLoaders(DataLoader(ds, batch_size=4), []), WeightedCE(), cbs=cbs).fit(1)
+        draws.append(torch.rand(3))
+    assert torch.equal(*draws)
+    reset_accelerate()
+    Learner(model(), DataLoaders(DataLoader(ds, batch_size=4), []), WeightedCE()).fit(1, cbs=AccelerateCB(seed=5))
+    assert torch.initial_seed() == 5

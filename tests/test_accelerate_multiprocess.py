@@ -75,3 +75,19 @@ def test_the_same_loss_normalised_per_micro_batch_would_not_match(tmp_path):
     got = torchrun(tmp_path / "w.pt", "--loss", "micro_batch_mean", "--bs", "8")
     ref = one_process("weighted", 16)
     assert max((got[k] - ref[k]).abs().max().item() for k in ref) > 1e-3
+
+
+STREAMS = Path(__file__).parent / "dist" / "random_streams.py"
+
+
+def test_each_process_draws_its_own_dropout_masks_from_one_seed(tmp_path):
+    first = torchrun(tmp_path / "a.pt", script=STREAMS)
+    again = torchrun(tmp_path / "b.pt", script=STREAMS)
+    assert not torch.equal(first["masks"][0], first["masks"][1])  # each process its own masks
+    assert first["seeds"][1] == first["seeds"][0] + 1  # seed + process index
+    # the script's torch.manual_seed(0) reproduces every process's stream
+    assert first["seeds"] == again["seeds"] and all(torch.equal(a, b) for a, b in zip(first["masks"], again["masks"]))
+
+
+def test_a_given_seed_starts_process_i_at_seed_plus_i(tmp_path):
+    assert torchrun(tmp_path / "a.pt", "--seed", "7", script=STREAMS)["seeds"] == [7, 8]

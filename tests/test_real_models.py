@@ -5,6 +5,13 @@ loss, DPO through LogprobLossCB, the fused head} x {1 process, accumulation 2, 2
 processes. Every cell must end with the weights and the epoch table (train and valid loss) of one
 process training on the whole global batch without Accelerate.
 
+A row with dropout (GPT-2, its default 0.1): there every process draws its own masks, so no run on
+other micro-batches or processes can have the masks of one process on the whole batch. "Exact" then
+means the same masks per micro-batch and process: the launch ends with the weights of a hand-written
+loop in one process that keeps one random stream per process (seeded as AccelerateCB seeds them),
+runs each micro-batch from its process's stream, and divides the summed totals by the summed
+denominators of the global step.
+
 The cells run in two launches (one process, then torchrun with two), each training every cell of its
 half of the matrix: starting a process group costs more than a cell."""
 
@@ -15,6 +22,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
 from test_accelerate_multiprocess import assert_same, torchrun
 
 sys.path.insert(0, str(Path(__file__).parent / "dist"))
@@ -82,3 +91,53 @@ def test_the_processes_batches_really_differ_in_length():
     lengths = [b["input_ids"].shape[1] for b in torch.utils.data.DataLoader(
         matrix.sequences(16, seed=1), batch_size=4, collate_fn=matrix.collate)]
     assert len(set(lengths)) > 1, lengths
+
+
+def replayed_streams(processes: int, gas: int) -> dict:
+    """The dropout row's reference: the global step's micro-batches, each process's from its own random
+    stream, in one process without Accelerate; the weighted cross-entropy's exact ratio over the step."""
+    net = matrix.model(matrix.DROPOUT_MODEL)
+    opt = torch.optim.SGD(net.parameters(), lr=matrix.LRS["weighted_ce"])
+    batches = list(DataLoader(matrix.sequences(32, seed=0), batch_size=matrix.GLOBAL_BS // (processes * gas),
+                              collate_fn=matrix.collate))
+    streams = []
+    for rank in range(processes):
+        set_seed(matrix.DROPOUT_SEED + rank)
+        streams.append(torch.get_rng_state())
+    loss = matrix.WeightedCrossEntropy()
+    net.train()
+
+    def loader_starts():  # a DataLoader draws its workers' base seed from the stream at each iteration
+        for rank in range(processes):
+            torch.set_rng_state(streams[rank])
+            torch.empty((), dtype=torch.int64).random_()
+            streams[rank] = torch.get_rng_state()
+
+    for _ in range(matrix.EPOCHS):
+        loader_starts()  # the training pass
+        for start in range(0, len(batches), processes * gas):
+            window, denominator = batches[start:start + processes * gas], 0.0
+            for rank in range(processes):  # process r takes batches r, r + p, ... (Accelerate's sharding)
+                torch.set_rng_state(streams[rank])
+                for b in window[rank::processes]:
+                    out = loss(net(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+                               b["target_tokens"], b["weights"])
+                    out.total.backward()
+                    denominator += out.denominator
+                streams[rank] = torch.get_rng_state()
+            for p in net.parameters():
+                p.grad /= denominator
+            opt.step()
+            opt.zero_grad()
+        loader_starts()  # the validation pass (eval mode: no masks)
+    return net.state_dict()
+
+
+@pytest.mark.parametrize("processes, gas", [(1, 1), (1, 2), (2, 1), (2, 2)],
+                         ids=["1-process", "accumulation-2", "2-processes", "2-processes-x-accumulation-2"])
+def test_with_dropout_every_launch_gives_the_weights_of_its_masks_replayed(launches, processes, gas):
+    weights, table = launches[processes][f"{matrix.DROPOUT_MODEL}/weighted_ce/gas{gas}"]
+    assert_same(weights, replayed_streams(processes, gas), tol=TOL)
+    if (processes, gas) != (1, 1):  # the masks do differ with the cut, so the comparison is not vacuous
+        other = launches[1][f"{matrix.DROPOUT_MODEL}/weighted_ce/gas1"][0]
+        assert max((weights[k] - other[k]).abs().max().item() for k in other) > 100 * TOL

@@ -29,13 +29,20 @@ VOCAB, MAX_LEN, GLOBAL_BS, EPOCHS = 40, 12, 8, 2
 # model in the range where float32 rounding, not chaos, sets the gap between two summation orders.
 LRS = {"weighted_ce": 0.2, "key_token": 0.2, "is_sum": 0.003, "dpo": 0.2, "fused_head": 0.2}
 MODELS = ("tiny", "gpt2", "llama")
+# The dropout row: GPT-2 with its default dropout of 0.1 and the weighted cross-entropy. Each process
+# draws its masks from its own stream, seeded DROPOUT_SEED + its index by AccelerateCB(seed=...).
+DROPOUT_MODEL, DROPOUT_SEED = "gpt2_dropout", 1234
 LOSSES = ("weighted_ce", "key_token", "is_sum", "dpo", "fused_head")
 
 
 def model(name: str, seed: int = 0) -> torch.nn.Module:
     """The smallest model of each family that still runs its real code paths (attention masks,
-    rotary embeddings, grouped key-value heads); no dropout, so every process computes the same."""
+    rotary embeddings, grouped key-value heads); no dropout, so every process computes the same,
+    except in the dropout row (`DROPOUT_MODEL`)."""
     torch.manual_seed(seed)
+    if name == DROPOUT_MODEL:
+        return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=MAX_LEN, n_embd=16, n_layer=1, n_head=2,
+                                          use_cache=False, bos_token_id=None, eos_token_id=None))
     if name == "tiny":
         return TinyCausalLM(VOCAB, dim=16, n_layers=1, n_heads=2, max_len=MAX_LEN)
     if name == "gpt2":
@@ -79,6 +86,8 @@ def collate(items: list[dict]) -> dict[str, torch.Tensor]:
 
 def loss_callbacks(loss: str, model_name: str, accelerate: bool, gas: int) -> list:
     """The callbacks of a cell: the loss under AccelerateCB (or, in the reference, without it)."""
+    if model_name == DROPOUT_MODEL:
+        return [AccelerateCustomCB(WeightedCrossEntropy(), gradient_accumulation_steps=gas, seed=DROPOUT_SEED)]
     acc = [AccelerateCB(gradient_accumulation_steps=gas)] if accelerate else []
     if loss == "dpo":
         return [*acc, LogprobLossCB(dpo_loss(beta=0.5), ref_model=model(model_name, seed=1))]
@@ -123,6 +132,8 @@ def main():
         for model_name in MODELS:
             for loss in LOSSES:
                 results[f"{model_name}/{loss}/gas{gas}"] = run(model_name, loss, GLOBAL_BS // (processes * gas), gas)
+        results[f"{DROPOUT_MODEL}/weighted_ce/gas{gas}"] = run(DROPOUT_MODEL, "weighted_ce",
+                                                               GLOBAL_BS // (processes * gas), gas)
     if int(os.environ.get("RANK", "0")) == 0:
         torch.save(results, args.out)
 
