@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 import torch
 
-from minilearn.callback import Callback
+from minilearn.callback import Callback, method_owner
 from minilearn.callbacks.accelerate import AccelerateCB
 from minilearn.logprobs.forward_backward import (CustomLossStep, LogprobLossFn, apply_custom_loss_gradients,
                                                  custom_loss_step)
@@ -17,13 +17,16 @@ __all__ = ["LogprobLossCB"]
 class LogprobLossCB(Callback):
     """Train with `fn(batch, logprobs) -> loss or (loss, metrics)`, a loss over the target
     log-probabilities of each sequence (see `minilearn.logprobs.forward_backward` and, for targets and padding,
-    `minilearn.logprobs.sequences`). Owns `get_loss` and `backward`.
+    `minilearn.logprobs.sequences`). Owns `get_loss` and `backward`, and `predict`, which it hands to
+    the owner beneath it except for the loop's forward of a two-pass training batch.
 
     - `two_pass=False`: the usual forward pass with autograd, `fn`, and its backward.
-    - `two_pass=True`: the forward pass of the loop runs without a graph (only the logits are
-      kept), `fn` gives `g = dLoss/dlogprobs`, and `backward` runs the surrogate `sum(lp * g)`
-      forward-backward in micro-batches of `micro_batch_size` sequences: the same gradient, with
-      the memory of one micro-batch.
+    - `two_pass=True`, training: the loop's forward does not run (`learn.preds` stays None); `get_loss`
+      runs the first pass without a graph in micro-batches of `micro_batch_size` sequences, `fn` gives
+      `g = dLoss/dlogprobs`, and `backward` runs the surrogate `sum(lp * g)` forward-backward in the same
+      micro-batches, each replaying its first pass's random state: the gradient of
+      `forward_backward_custom(two_pass=True)` (exact with dropout too), with the memory of one micro-batch.
+      Validation batches go through the loop's forward as usual.
     - `ref_model`: a frozen reference model, run without grad in eval mode; `fn` finds its
       per-sequence log-probabilities in `batch["ref_logprobs"]` (for `dpo_loss`).
 
@@ -47,35 +50,49 @@ class LogprobLossCB(Callback):
         self.fn, self.two_pass, self.micro_batch_size, self.ref_model = fn, two_pass, micro_batch_size, ref_model
         self._accelerate: AccelerateCB | None = None
         self._step: CustomLossStep | None = None
-        self._grad_mode: torch.set_grad_enabled | None = None
+        self._skip_predict = False
+        self._beneath: Callback | None = None  # the owner of predict beneath this one, during a fit
 
     def before_fit(self, learn):
+        self._beneath = self._predict_owner_beneath(learn)
         self._accelerate = next((cb for cb in learn.cbs if isinstance(cb, AccelerateCB)), None)
         if self.ref_model is not None:
             self.ref_model.to(next(learn.model.parameters()).device)
 
     def before_batch(self, learn):
-        if self.two_pass and learn.training:
-            # The loop's forward pass is the first of the two: it needs the logits, not their graph.
-            self._grad_mode = torch.set_grad_enabled(False)
+        # Two passes, training: the first pass is not the loop's forward of the whole batch but runs in
+        # get_loss, in the micro-batches of the surrogate pass, because a surrogate micro-batch can replay
+        # the random state (dropout masks) only of a forward of the same rows; and no logits of the
+        # whole batch are ever kept. So the loop's forward is skipped; the passes' own calls of predict
+        # (through `model_logits`) come after it and go to the owner beneath.
+        self._skip_predict = self.two_pass and learn.training
 
-    def after_predict(self, learn):
-        self._restore_grad_mode()
+    def predict(self, learn):
+        if self._skip_predict:
+            self._skip_predict = False
+            return
+        (self._beneath or self._predict_owner_beneath(learn)).predict(learn)
+
+    def _predict_owner_beneath(self, learn) -> Callback:
+        # Found once a fit; outside one (get_preds, forward_backward_custom) at each call: the callbacks may change.
+        owner = method_owner([cb for cb in learn.cbs if cb is not self], "predict")
+        if owner is None:
+            raise RuntimeError(f"{self.name} hands predict to the callback beneath it that owns it, and none does: "
+                               f"add TrainCB()")
+        return owner
+
+    def cleanup_fit(self, learn):
+        self._beneath = None
 
     def cleanup_batch(self, learn):
-        self._restore_grad_mode()  # when the batch was cancelled before after_predict
-        self._step = None
-
-    def _restore_grad_mode(self) -> None:
-        if self._grad_mode is not None:
-            self._grad_mode.__exit__(None, None, None)
-            self._grad_mode = None
+        self._step, self._skip_predict = None, False
 
     def get_loss(self, learn):
         # Under AccelerateCB, validation batches and predictions were already gathered from every process.
         gathered = not learn.training and self._accelerate is not None
+        logits = None if learn.preds is None else select_output(learn.preds, "logits")
         self._step = custom_loss_step(learn, learn.batch, self.fn, self.two_pass, self.micro_batch_size,
-                                      self.ref_model, select_output(learn.preds, "logits"), gather=not gathered)
+                                      self.ref_model, logits, gather=not gathered)
         learn.loss, learn.loss_metrics, learn.loss_parts = self._step.loss, self._step.metrics, None
 
     def backward(self, learn):

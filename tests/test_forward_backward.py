@@ -221,17 +221,19 @@ def test_logprob_loss_cb_trains_like_forward_backward_custom_and_optim_step():
 
 
 class GraphSpy(Callback):
-    """Records, after the loss, whether the loop's predictions carry a graph and whether grad is on."""
+    """Records, after the loss, the loop's predictions (None, or whether they carry a graph) and whether grad is on."""
 
     def __init__(self): self.seen = []
-    def after_loss(self, learn): self.seen.append((learn.preds.requires_grad, torch.is_grad_enabled()))
+    def after_loss(self, learn): self.seen.append((learn.preds if learn.preds is None else learn.preds.requires_grad,
+                                                   torch.is_grad_enabled()))
 
 
-def test_two_pass_in_fit_keeps_no_graph_of_the_whole_batch():
+def test_two_pass_in_fit_keeps_no_logits_of_the_whole_batch():
     spy = GraphSpy()
-    learn = Learner(make_model(), DataLoaders([lm_batch()], []), cbs=[LogprobLossCB(make_variance_loss(), two_pass=True), spy])
+    learn = Learner(make_model(), DataLoaders([lm_batch()], [lm_batch(seed=1)]),
+                    cbs=[LogprobLossCB(make_variance_loss(), two_pass=True), spy])
     learn.fit(1)
-    assert spy.seen == [(False, True)]
+    assert spy.seen == [(None, True), (False, False)]  # training: the passes ran in get_loss; validation: the loop's
 
 
 def test_under_accelerate_with_accumulation_it_averages_the_micro_batches():
@@ -253,6 +255,85 @@ def test_validation_computes_the_loss_without_gradients():
     learn.fit(1, train=False)
     assert learn.epoch_metrics["phase"] == "valid" and math.isfinite(learn.epoch_metrics["loss"])
     assert all(p.grad is None for p in learn.model.parameters())
+
+
+# ---- dropout: the surrogate pass replays the first pass's random state ----------------------------
+
+def dropout_model(name):
+    """A model in train mode whose forward draws dropout masks (p = 0.1), the same weights at each call."""
+    torch.manual_seed(0)
+    if name == "tiny":
+        return TinyCausalLM(V, dim=16, n_layers=1, n_heads=2, max_len=T, dropout=0.1).train()
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50, resid_pdrop=0.1, embd_pdrop=0.1,
+                                     attn_pdrop=0.1, bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(config).train()
+
+
+def micro_batched_direct(model, batch, fn, size):
+    """Direct autograd through the forward of the micro-batches of `size` sequences run one after another
+    (the masks two passes with `micro_batch_size=size` draw): their log-probabilities joined, then `fn`."""
+    targets, lps = logprob_targets(batch), []
+    for i in range(0, targets.shape[0], size):
+        out = model(input_ids=batch["input_ids"][i:i + size], attention_mask=batch["attention_mask"][i:i + size])
+        lps += sequence_logprobs(getattr(out, "logits", out), targets[i:i + size])
+    fn(batch, lps)[0].backward()
+
+
+def dropout_gradient(name, micro_batch_size, two_pass, seed=5, fn=make_variance_loss(0.5)):
+    """The gradient, and the next number torch draws, after one call from the random state `seed`: two
+    passes, direct mode (micro_batch_size None) or the micro-batched direct reference."""
+    learn = Learner(dropout_model(name), DataLoaders([], []))
+    torch.manual_seed(seed)
+    if two_pass or micro_batch_size is None:
+        learn.forward_backward_custom(lm_batch(), fn, two_pass=two_pass, micro_batch_size=micro_batch_size)
+    else:
+        micro_batched_direct(learn.model, lm_batch(), fn, micro_batch_size)
+    return grads_of(learn.model), torch.rand(1).item()
+
+
+@pytest.mark.parametrize("micro_batch_size", [None, 2])
+@pytest.mark.parametrize("name", ["tiny", "gpt2"])
+def test_with_dropout_two_passes_give_the_gradient_of_direct_autograd(name, micro_batch_size):
+    # micro_batch_size=None: direct mode itself; 2: direct autograd through the same micro-batched forward
+    want, _ = dropout_gradient(name, micro_batch_size, two_pass=False)
+    got, _ = dropout_gradient(name, micro_batch_size, two_pass=True)
+    other_masks, _ = dropout_gradient(name, micro_batch_size, two_pass=False, seed=6)
+    assert (other_masks - want).abs().max() > 1e-3 * want.abs().max()  # the masks matter
+    assert (got - want).abs().max() <= 1e-6 * want.abs().max(), ((got - want).abs().max(), want.abs().max())
+
+
+@pytest.mark.parametrize("micro_batch_size", [None, 2])
+def test_two_passes_leave_the_random_generator_where_direct_autograd_leaves_it(micro_batch_size):
+    def drawing_fn(batch, lps):  # draws after the forward: the surrogate's replay must not undo it
+        return make_variance_loss(0.5)(batch, lps)[0] + 0 * torch.rand(()), {}
+    _, want = dropout_gradient("tiny", micro_batch_size, two_pass=False, fn=drawing_fn)
+    _, got = dropout_gradient("tiny", micro_batch_size, two_pass=True, fn=drawing_fn)
+    torch.manual_seed(5)
+    assert got == want != torch.rand(1).item()  # and the forward did draw
+
+
+@pytest.mark.parametrize("micro_batch_size", [None, 2])
+@pytest.mark.parametrize("name", ["tiny", "gpt2"])
+def test_with_dropout_logprob_loss_cb_two_pass_trains_like_direct_autograd(name, micro_batch_size):
+    batches, fn = [lm_batch(seed=s) for s in range(2)], make_variance_loss(0.5)
+    start = copy.deepcopy(dropout_model(name).state_dict())
+    two = Learner(dropout_model(name), DataLoaders(batches, []), lr=0.5)
+    torch.manual_seed(7)
+    two.fit(1, cbs=LogprobLossCB(fn, two_pass=True, micro_batch_size=micro_batch_size), valid=False)
+    after_two = torch.rand(1).item()
+    ref = Learner(dropout_model(name), DataLoaders(batches, []), lr=0.5)
+    torch.manual_seed(7)
+    if micro_batch_size is None:
+        ref.fit(1, cbs=LogprobLossCB(fn), valid=False)
+    else:
+        for b in batches:
+            micro_batched_direct(ref.model, b, fn, micro_batch_size)
+            ref.optim_step()
+    assert torch.rand(1).item() == after_two
+    moved = max((v - start[k]).abs().max() for k, v in ref.model.state_dict().items())
+    gap = max((v - ref.model.state_dict()[k]).abs().max() for k, v in two.model.state_dict().items())
+    assert moved > 1e-3 and gap <= 1e-6 * moved, (gap, moved)
 
 
 # ---- bad input -------------------------------------------------------------------------------------

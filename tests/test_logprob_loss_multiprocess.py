@@ -1,5 +1,6 @@
 """Two real processes (torchrun, gloo on CPU) running DPO with LogprobLossCB give the weights of one
-process on the same global batch: `fn` sees the gathered pairs, each process back-propagates its own."""
+process on the same global batch: `fn` sees the gathered pairs, each process back-propagates its own.
+With dropout, two passes give direct autograd's weights: each process replays its own random state."""
 
 import sys
 from pathlib import Path
@@ -30,6 +31,13 @@ def test_two_processes_give_the_weights_of_one_process(tmp_path, args):
     want = one_process(script.parse(["out", *args]))
     assert max((want[k] - script.model().state_dict()[k]).abs().max().item() for k in want) > 1e-2  # it trained
     assert_same(got, want, tol=2e-6)
+
+
+def test_with_dropout_two_processes_train_with_two_passes_like_direct_autograd(tmp_path):
+    got = torchrun(tmp_path / "w.pt", "--bs", "4", "--dropout", "0.2", script=SCRIPT)
+    plain = one_process(script.parse(["out", "--bs", "4"]))  # without dropout
+    assert max((got["direct"][k] - plain[k]).abs().max().item() for k in plain) > 1e-3  # the masks mattered
+    assert_same(got["two_pass"], got["direct"], tol=2e-6)
 
 
 def test_the_processes_batches_really_differ_in_length():

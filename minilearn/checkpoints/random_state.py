@@ -4,9 +4,14 @@ A run is reproduced bit for bit only if every generator it draws from starts whe
 (CPU, and each CUDA device), Python's `random`, numpy's global one when numpy is installed, and the
 generators a `DataLoader` shuffles with. The states are tensors, numbers and tuples, so a checkpoint
 keeps them without pickling any object.
+
+A forward pass draws (dropout masks) from fewer of them: torch's CPU generator and its device's.
+`forward_random_state` reads those, so that a second forward of the same rows can draw the same masks.
 """
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -16,7 +21,8 @@ try:
 except ImportError:  # numpy is optional: without it there is no numpy generator to keep
     np = None
 
-__all__ = ["loader_generators", "random_states", "set_random_states"]
+__all__ = ["loader_generators", "random_states", "set_random_states", "forward_random_state",
+           "set_forward_random_state", "forward_random_state_kept"]
 
 
 def loader_generators(loader: Any) -> list[torch.Generator]:
@@ -81,3 +87,35 @@ def set_random_states(states: dict, loader: Any = None) -> None:
     if "numpy" in states and np is not None:
         n = states["numpy"]
         np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+
+
+def forward_random_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The state of the generators a forward pass on `device` draws from: torch's CPU generator and,
+    on a CUDA device, that device's own (None elsewhere). Two-pass losses read it before each
+    micro-batch of their first pass and set it back before the same micro-batch of the second, so that
+    both passes draw the same dropout masks and the gradient is exact in train mode.
+
+    >>> s = forward_random_state(torch.device("cpu")); a = torch.rand(1)
+    >>> set_forward_random_state(s, torch.device("cpu")); bool(torch.rand(1) == a)
+    True
+    """
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def set_forward_random_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    """Put the generators `forward_random_state(device)` read back where they were."""
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+@contextmanager
+def forward_random_state_kept(device: torch.device) -> Iterator[None]:
+    """Leave the generators of a forward pass on `device` where they were before the block: a pass
+    that replays earlier states does not change what the program draws next."""
+    state = forward_random_state(device)
+    try:
+        yield
+    finally:
+        set_forward_random_state(state, device)

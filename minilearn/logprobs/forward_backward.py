@@ -12,6 +12,13 @@ with one tensor of target log-probabilities a sequence, padding removed (the con
   micro-batches of `micro_batch_size` sequences: a loss that couples the whole batch (pairs,
   rankings, batch statistics) then runs over a batch larger than one forward-backward could hold.
 
+Stochastic layers (dropout in train mode): each micro-batch of the surrogate pass starts from the random
+state its first-pass forward started from, so both passes draw the same masks and the gradient is exact.
+With `micro_batch_size=None` it is direct mode's (the same one forward of the whole batch, the same
+masks); with micro-batches the masks are those of running the micro-batches one after another, and the
+gradient is that of direct autograd through that micro-batched forward (the micro-batches' log-probabilities
+joined, then `fn`). Afterwards the generators are where the first pass and `fn` left them, as in direct mode.
+
 Several processes (a `torch.distributed` group, as under AccelerateCB): each process passes its
 share of the global batch, `fn` sees the gathered batch and log-probabilities of all of them (in
 rank order), and each process back-propagates its own sequences only. The gradient left in the
@@ -26,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from minilearn.checkpoints.random_state import forward_random_state, forward_random_state_kept, set_forward_random_state
 from minilearn.data import take_rows
 from minilearn.distributed import gather_batch, gather_sequences, world_size
 from minilearn.inputs import (callable_name, input_module, model_call, model_input_names, select_output, signature_of,
@@ -56,7 +64,9 @@ class CustomLossStep:
 
     `loss` and `metrics` are what `fn` returned (on the global batch); `graph` is the loss with its
     autograd graph (direct mode) or None; `grads` are `dLoss/dlp` of this process's sequences (two
-    passes) or None; `batch` and `targets` are this process's, for the surrogate pass.
+    passes) or None; `batch` and `targets` are this process's, for the surrogate pass; `random_states`
+    the state each micro-batch's first-pass forward started from (`forward_random_state`), which the
+    surrogate pass replays.
     """
 
     loss: torch.Tensor
@@ -65,6 +75,7 @@ class CustomLossStep:
     targets: torch.Tensor
     graph: torch.Tensor | None = None
     grads: list[torch.Tensor] | None = None
+    random_states: list | None = None
 
 
 def _check_micro_batch_size(micro_batch_size: int | None, two_pass: bool) -> None:
@@ -93,11 +104,21 @@ def model_logits(learn, batch: Mapping) -> torch.Tensor:
         learn.batch, learn.preds = saved
 
 
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _logprobs_without_grad(call_model: Callable[[Mapping], torch.Tensor], batch: Mapping, targets: torch.Tensor,
-                           micro_batch_size: int | None) -> list[torch.Tensor]:
+                           micro_batch_size: int | None, states: list | None = None,
+                           device: torch.device | None = None) -> list[torch.Tensor]:
+    # `states`, when given, gets the random state each micro-batch's forward on `device` starts from.
+    lps = []
     with torch.no_grad():
-        return [lp for rows, mb in _micro_batches(batch, targets.shape[0], micro_batch_size)
-                for lp in sequence_logprobs(select_output(call_model(mb), "logits"), targets[rows])]
+        for rows, mb in _micro_batches(batch, targets.shape[0], micro_batch_size):
+            if states is not None:
+                states.append(forward_random_state(device))
+            lps += sequence_logprobs(select_output(call_model(mb), "logits"), targets[rows])
+    return lps
 
 
 def reference_logprobs(ref_model: torch.nn.Module, batch: Mapping, targets: torch.Tensor,
@@ -138,15 +159,23 @@ def custom_loss_step(learn, batch: Mapping, fn: LogprobLossFn, two_pass: bool = 
     """Compute `fn`'s loss on `batch` (and, when gradients are enabled, what its backward needs).
 
     `logits`: the model's output on the whole `batch` when already computed (with a graph in
-    direct mode); else the model runs here (two passes: without grad, in micro-batches).
+    direct mode); else the model runs here (two passes: without grad, in micro-batches). With two passes
+    and gradients the first pass must run here, in the surrogate's micro-batches, for its random states
+    to be replayed.
     `gather=False` when `batch` already is the global batch (validation under AccelerateCB).
     """
     _check_micro_batch_size(micro_batch_size, two_pass)
+    surrogate = two_pass and torch.is_grad_enabled()
+    if surrogate and logits is not None:
+        raise ValueError("two passes with gradients run their first pass themselves, micro-batch by micro-batch, "
+                         "so that the surrogate pass replays its random state (dropout): pass logits=None")
     targets = logprob_targets(batch)
+    states = [] if surrogate else None
     if logits is not None:
         lps = sequence_logprobs(logits, targets)
     elif two_pass:
-        lps = _logprobs_without_grad(lambda mb: model_logits(learn, mb), batch, targets, micro_batch_size)
+        lps = _logprobs_without_grad(lambda mb: model_logits(learn, mb), batch, targets, micro_batch_size, states,
+                                     _model_device(learn.model))
     else:
         lps = sequence_logprobs(model_logits(learn, batch), targets)
     ref = None if ref_model is None else reference_logprobs(ref_model, batch, targets, micro_batch_size, learn.n_inp)
@@ -155,14 +184,14 @@ def custom_loss_step(learn, batch: Mapping, fn: LogprobLossFn, two_pass: bool = 
     if gather and world_size() > 1:
         data = gather_batch(data, len(lps), _BATCH_PADDING)
         lps, start = gather_sequences(lps)
-    if not (two_pass and torch.is_grad_enabled()):
+    if not surrogate:
         loss, metrics = _call(fn, data, lps)
         return CustomLossStep(loss.detach(), metrics, batch, targets, graph=loss if loss.requires_grad else None)
     leaves = [lp.detach().requires_grad_() for lp in lps]
     loss, metrics = _call(fn, data, leaves)
     mine = leaves[start:start + targets.shape[0]]
     grads = torch.autograd.grad(loss, mine, allow_unused=True, materialize_grads=True)
-    return CustomLossStep(loss.detach(), metrics, batch, targets, grads=list(grads))
+    return CustomLossStep(loss.detach(), metrics, batch, targets, grads=list(grads), random_states=states)
 
 
 def _gradient_scale(model: torch.nn.Module) -> int:
@@ -189,15 +218,21 @@ def apply_custom_loss_gradients(learn, step: CustomLossStep, micro_batch_size: i
         return
     positions = target_positions(step.targets)
     parts = _micro_batches(step.batch, step.targets.shape[0], micro_batch_size)
-    for i, (rows, mb) in enumerate(parts):
-        # Under DDP, only the last pass all-reduces: the earlier ones add up in .grad locally first.
-        quiet = isinstance(learn.model, DistributedDataParallel) and i < len(parts) - 1
-        with learn.model.no_sync() if quiet else nullcontext():
-            lp = target_logprobs(model_logits(learn, mb), step.targets[rows], IGNORE_INDEX)
-            g = torch.zeros_like(lp)
-            g[positions[rows]] = torch.cat(step.grads[rows]).to(lp.dtype)
-            # (dense, so that every pass has a graph: under DDP each process must run its backward)
-            backward((lp * g).sum() * scale)
+    device = _model_device(learn.model)
+    # The first pass's micro-batches (the same rows): each forward starts from the random state that one
+    # started from, so it draws the same dropout masks; then the generators go back to where the first
+    # pass and `fn` left them.
+    with forward_random_state_kept(device):
+        for i, ((rows, mb), state) in enumerate(zip(parts, step.random_states, strict=True)):
+            # Under DDP, only the last pass all-reduces: the earlier ones add up in .grad locally first.
+            quiet = isinstance(learn.model, DistributedDataParallel) and i < len(parts) - 1
+            set_forward_random_state(state, device)
+            with learn.model.no_sync() if quiet else nullcontext():
+                lp = target_logprobs(model_logits(learn, mb), step.targets[rows], IGNORE_INDEX)
+                g = torch.zeros_like(lp)
+                g[positions[rows]] = torch.cat(step.grads[rows]).to(lp.dtype)
+                # (dense, so that every pass has a graph: under DDP each process must run its backward)
+                backward((lp * g).sum() * scale)
 
 
 def forward_backward_custom(learn, batch: Mapping, fn: LogprobLossFn, two_pass: bool = False,
@@ -214,6 +249,9 @@ def forward_backward_custom(learn, batch: Mapping, fn: LogprobLossFn, two_pass: 
       log-probabilities the same way; per-token `ref_logprobs` `(B, T)` in the batch are cut likewise.
     - `two_pass`: compute the gradient through the surrogate `sum(lp * dLoss/dlp)` instead of
       through `fn`'s graph; `micro_batch_size` sequences a pass (both passes; None: all at once).
+      With dropout each surrogate micro-batch replays its first pass's random state: the gradient is
+      direct mode's with `micro_batch_size=None`, else that of direct autograd through the same
+      micro-batched forward (see the module docstring).
 
     >>> from minilearn import DataLoaders, Learner
     >>> from minilearn.demo import TinyCausalLM

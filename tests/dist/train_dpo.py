@@ -4,6 +4,8 @@ Each dataset item is a preference pair of token sequences of different lengths; 
 lays a batch out as chosen, rejected, chosen, ... and pads it to its own longest sequence, so the
 processes' batches differ in length and the log-probabilities are gathered with padding.
 Usage: torchrun --standalone --nproc_per_node 2 train_dpo.py OUT --bs 4 [--two-pass --micro 3]
+With `--dropout P` it trains twice in the same launch, direct and with two passes, each from the same
+weights and the same random state (its own in each process), and saves both as {"direct", "two_pass"}.
 """
 
 import argparse
@@ -13,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from minilearn import DataLoaders, Learner, TrainCB
 from minilearn.callbacks import AccelerateCB, LogprobLossCB
+from minilearn.distributed import rank
 from minilearn.losses import dpo_loss
 from minilearn.demo.tiny_model import TinyCausalLM
 
@@ -37,9 +40,9 @@ def collate(items):
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def model(seed=0):
+def model(seed=0, dropout=0.0):
     torch.manual_seed(seed)
-    return TinyCausalLM(VOCAB, dim=16, n_layers=1, n_heads=2, max_len=MAX_LEN)
+    return TinyCausalLM(VOCAB, dim=16, n_layers=1, n_heads=2, max_len=MAX_LEN, dropout=dropout)
 
 
 def callbacks(args):
@@ -56,16 +59,29 @@ def parse(argv=None):
     p.add_argument("--bs", type=int, default=4, help="pairs a process")
     p.add_argument("--two-pass", action="store_true")
     p.add_argument("--micro", type=int, default=None, help="sequences a surrogate pass")
+    p.add_argument("--dropout", type=float, default=0.0, help="train direct and two-pass with this dropout")
     return p.parse_args(argv)
+
+
+def train(args) -> tuple[dict, bool]:
+    """The weights after one epoch, and whether this is the main process."""
+    dls = DataLoaders(DataLoader(pairs(), batch_size=args.bs, collate_fn=collate), [])
+    learn = Learner(model(dropout=args.dropout), dls, lr=0.5, cbs=[AccelerateCB(), *callbacks(args)])
+    torch.manual_seed(100 + rank())  # each process draws its own dropout masks
+    learn.fit(1)
+    return {k: v.clone() for k, v in learn.unwrapped_model.state_dict().items()}, learn.is_main_process
 
 
 def main():
     args = parse()
-    dls = DataLoaders(DataLoader(pairs(), batch_size=args.bs, collate_fn=collate), [])
-    learn = Learner(model(), dls, lr=0.5, cbs=[AccelerateCB(), *callbacks(args)])
-    learn.fit(1)
-    if learn.is_main_process:
-        torch.save({k: v.clone() for k, v in learn.unwrapped_model.state_dict().items()}, args.out)
+    if args.dropout:
+        runs = {name: train(argparse.Namespace(**{**vars(args), "two_pass": two_pass}))
+                for name, two_pass in (("direct", False), ("two_pass", True))}
+        weights, main_process = {name: w for name, (w, _) in runs.items()}, runs["direct"][1]
+    else:
+        weights, main_process = train(args)
+    if main_process:
+        torch.save(weights, args.out)
 
 
 if __name__ == "__main__":
