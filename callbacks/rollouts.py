@@ -76,9 +76,8 @@ class RolloutCB(Callback):
     def before_epoch(self, learn):
         if not learn.training:
             return
-        self._in_round = True
         if self._keep_round:  # resumed in the middle of a round: go on with its rollouts
-            self._keep_round = False
+            self._keep_round, self._in_round = False, True
             return
         start = time.perf_counter()
         seed = self.seed * 1_000_003 + len(self.history)  # the round's number: fits called again draw new rounds
@@ -92,6 +91,7 @@ class RolloutCB(Callback):
                               self.max_new_tokens, self.temperature, self.top_k, self.eos_token_id, generator,
                               self.ref_model, self.advantage_scale)
         self.buffer.fill(batch)
+        self._in_round = True  # only now: a round that failed (a bad reward) leaves no round for a checkpoint to keep
         rewards = batch["rewards"].double()
         self.history.append({"epoch": learn.epoch, "reward": rewards.mean().item(),
                              "reward_std": rewards.reshape(-1, self.group_size).std(1).mean().item()

@@ -13,13 +13,13 @@ from minilearn.lr_finder import LRFinderCB
 from minilearn.normalized_loss import LossTensor, NormalizedLoss
 from minilearn.order import Order
 from minilearn.predictions import Predictions
-from minilearn.train import TrainCB
+from minilearn.train import BatchWarning, TrainCB
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Learner", "Callback", "Order", "TrainCB", "LRFinderCB", "EVENTS", "STEPS", "LOOP_STATE", "misspelt_events",
-    "MisspeltEventWarning",
+    "MisspeltEventWarning", "BatchWarning",
     "CancelFitException", "CancelEpochException", "CancelBatchException",
     "UnknownEventError", "MissingInputError", "LossOutputError", "CheckpointError",
     "NormalizedLoss", "LossTensor", "forward_backward_custom", "CustomLossResult", "logprob_targets", "sequence_logprobs",

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 __all__ = ["DataLoaders", "to_device", "is_mapping", "is_per_row", "take_rows", "batch_size", "default_device",
-           "describe"]
+           "describe", "looks_padded"]
 
 
 def default_device() -> torch.device:
@@ -129,3 +129,34 @@ def describe(x: Any) -> str:
     if hasattr(x, "logits"):
         return f"{type(x).__name__}(logits: {describe(x.logits)})"
     return type(x).__name__
+
+
+def looks_padded(input_ids: Any) -> tuple[str, int] | None:
+    """`(side, token)` when the rows of `input_ids` `(B, T)` look padded with `token` on `side`
+    (`"right"` or `"left"`), else None: for a batch with no `attention_mask`, where padding would pass
+    for text (`TrainCB` warns on the first batch of a fit).
+
+    Right padding shows as a token that occurs only in runs at the ends of rows (never inside one), in
+    runs of different lengths, at least `max(2, B / 4)` of them of length 2 or more (the longest rows
+    of a batch padded to its longest have none). Left padding is the same at the starts. Rows of text
+    or of random tokens practically never look like that (a run of two ends a row of random tokens
+    with probability 1/vocab, and the token must then be absent from every other position), so
+    unpadded rows of one length pass; padding of a single row, or by one token, goes unseen.
+
+    >>> looks_padded(torch.tensor([[5, 6, 0, 0], [7, 8, 0, 0], [7, 8, 9, 1]]))
+    ('right', 0)
+    >>> looks_padded(torch.tensor([[2, 2, 5, 6], [2, 2, 2, 8], [4, 7, 9, 1]]))
+    ('left', 2)
+    >>> looks_padded(torch.tensor([[5, 6, 0, 0], [7, 8, 0, 1], [7, 8, 9, 0]])) is None   # 0 inside a row
+    True
+    """
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
+        return None
+    enough = max(2, -(-input_ids.shape[0] // 4))
+    for side, ids in (("right", input_ids), ("left", input_ids.flip(1))):
+        for token in ids[:, -1].unique().tolist():
+            is_token = ids == token
+            runs = is_token.flip(1).cumprod(1).sum(1)  # the length of each row's run of `token` at its end
+            if (runs >= 2).sum() >= enough and runs.min() < runs.max() and is_token.sum() == runs.sum():
+                return side, token
+    return None

@@ -7,6 +7,7 @@ A batch is a tuple `(x, y, *extra)` or a mapping (a Hugging Face style collated 
   from a tuple, `batch[n_inp:]` in order; from a mapping, the keys `"a"` and `"b"`.
 """
 
+import difflib
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -120,16 +121,28 @@ def _keys(batch: Mapping) -> list[str]:
     return list(batch.keys())
 
 
-def model_call(model: Callable, batch: Any, n_inp: int, names: tuple[str, ...]) -> Any:
+def _nearest(names: tuple[str, ...], batch: Mapping) -> tuple[str, str] | None:
+    # `(name, key)`: the name of `names` and the batch key nearest to each other, when they are close
+    # (difflib's ratio at its usual cutoff, 0.6), for a "did you mean" in a MissingInputError.
+    score, name, key = max(((difflib.SequenceMatcher(None, n, k).ratio(), n, k) for n in names
+                            for k in batch.keys() if isinstance(k, str)), default=(0.0, "", ""))
+    return (name, key) if score >= 0.6 else None
+
+
+def model_call(model: Callable, batch: Any, n_inp: int, names: tuple[str, ...],
+               defaults: Mapping[str, Any] | None = None) -> Any:
     """Call `model` on the inputs of `batch`: `batch[:n_inp]` of a tuple, or, as keyword arguments,
-    the keys of a mapping that are in `names`."""
+    the keys of a mapping that are in `names`, and `defaults` where the mapping has none of its own
+    (TrainCB's `use_cache=False`)."""
     if is_mapping(batch):
         kwargs = {k: batch[k] for k in names if k in batch}
         if not kwargs:
+            near = _nearest(names, batch)
+            hint = f" (did you mean {near[0]!r} for the batch's {near[1]!r}?)" if near else ""
             raise MissingInputError(
                 f"model {callable_name(model)} takes {list(names)} but the batch has none of them; "
-                f"the batch has keys {_keys(batch)}. Pass TrainCB(model_inputs=[...]) to choose them.")
-        return model(**kwargs)
+                f"the batch has keys {_keys(batch)}{hint}. Pass TrainCB(model_inputs=[...]) to choose them.")
+        return model(**(defaults | kwargs if defaults else kwargs))
     return model(*batch[:n_inp])
 
 
@@ -154,16 +167,18 @@ def loss_call(f: Callable, output: Any, batch: Any, n_inp: int, sig: Signature |
 
     `sig` is `signature_of(f)`, passed in by callers that cache it (`LastCall`): reading a signature
     costs more than a small training step. Raises `MissingInputError` naming `f`, the missing input and what the
-    batch has.
+    batch has, and the batch key nearest to the missing name when one is close (`did you mean 'input_ids'?`).
     """
     sig = sig or signature_of(f)
     preds = select_output(output, sig.first)
     if is_mapping(batch):
         missing = [k for k in sig.required if k not in batch]
         if missing:
+            near = _nearest(missing[:1], batch)
             raise MissingInputError(
                 f"{kind} {callable_name(f)} needs the input {missing[0]!r} (its parameters after the "
-                f"model output: {list(sig.names)}), but the batch has keys {_keys(batch)}")
+                f"model output: {list(sig.names)}), but the batch has keys {_keys(batch)}"
+                f"{f'; did you mean {near[1]!r}?' if near else ''}")
         return f(preds, **{k: batch[k] for k in sig.names if k in batch})
     extras = tuple(batch[n_inp:])
     if len(extras) < len(sig.required):

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from minilearn import DataLoaders, batch_size, to_device
+from minilearn.data import looks_padded
 
 
 def test_from_dsets_makes_a_shuffled_train_loader_and_an_ordered_valid_loader():
@@ -44,3 +45,17 @@ def test_batch_size():
     assert batch_size({"mask": [1, 2, 3], "ids": torch.zeros(3, 4)}) == 3
     with pytest.raises(ValueError, match="batch size"):
         batch_size({"n": 3})
+
+
+def test_looks_padded_sees_padding_on_either_side_and_not_rows_of_one_length():
+    g = torch.Generator().manual_seed(0)
+    unpadded, seen = 0, 0
+    for _ in range(500):
+        ids = torch.randint(1, 1000, (8, 16), generator=g)
+        unpadded += looks_padded(ids) is not None
+        real = torch.arange(16) < torch.randint(4, 17, (8,), generator=g)[:, None]  # padded to the longest row
+        seen += looks_padded(torch.where(real, ids, 0)) == ("right", 0)
+        seen += looks_padded(torch.where(real.flip(1), ids, 7)) == ("left", 7)
+    assert unpadded == 0 and seen >= 900  # of 1000 (it misses batches with fewer than 2 rows padded by 2 or more)
+    counting = (torch.randint(0, 12, (16, 1), generator=g) + torch.arange(6)) % 12  # the exercise notebook's rows
+    assert looks_padded(counting) is None and looks_padded(torch.zeros(4, 5)) is None

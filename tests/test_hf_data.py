@@ -3,6 +3,7 @@
 `labels`, -100 on padding) train with the token losses through `LabelsToTargets`."""
 
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -13,9 +14,9 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 from transformers import DataCollatorForLanguageModeling, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from minilearn import DataLoaders, LabelsToTargets, Learner, targets_from_labels
-from minilearn.callbacks import AccelerateCustomCB, MetricsCB
-from minilearn.losses import WeightedCrossEntropy
+from minilearn import BatchWarning, DataLoaders, LabelsToTargets, Learner, targets_from_labels
+from minilearn.callbacks import AccelerateCustomCB, LossCB, MetricsCB
+from minilearn.losses import KeyTokenWeightedLoss, WeightedCrossEntropy
 
 WORDS = "the a cat dog sat ran on under mat log and then it slept".split()
 
@@ -106,3 +107,90 @@ def test_a_batch_without_labels_or_with_both_kinds_of_target_is_an_error_naming_
         targets_from_labels({"input_ids": ids})
     with pytest.raises(ValueError, match="both 'labels' and 'target_tokens'"):
         targets_from_labels({"input_ids": ids, "labels": ids, "target_tokens": ids})
+
+
+def batch_warnings(learn, n_epochs=1, **kwargs) -> list[str]:
+    """The messages of the BatchWarnings a fit gives (each shown, however often it repeats)."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        learn.fit(n_epochs, **kwargs)
+    return [str(w.message) for w in seen if issubclass(w.category, BatchWarning)]
+
+
+def hf_loaders(collate, n_train=24, n_valid=8) -> DataLoaders:
+    # 3 training batches of 8 texts of 6 or 10 tokens, padded to the longest of each batch.
+    return DataLoaders.from_dsets(dataset(n_train, 0), dataset(n_valid, 1), bs=8, collate_fn=collate)
+
+
+def test_labels_left_for_the_model_warn_once_a_fit_naming_the_model_and_the_fix():
+    dls = hf_loaders(DataCollatorForLanguageModeling(tokenizer(), mlm=False))
+    assert "labels" in next(iter(dls.train))
+    learn = Learner(gpt2(), dls, lr=0.01, cbs=LossCB(KeyTokenWeightedLoss([3])))
+    for _ in range(2):  # once in each fit of 3 training batches (2 epochs: 6)
+        messages = batch_warnings(learn, 2)
+        assert len(messages) == 1
+    msg = messages[0]
+    assert all(s in msg for s in ("'labels'", "GPT2LMHeadModel", "LossCB's KeyTokenWeightedLoss",
+                                  "LabelsToTargets", "targets_from_labels", "TrainCB(model_inputs="))
+    # The fixes: labels turned into targets, or a loss that trains on the model's own loss (which reads them).
+    assert batch_warnings(Learner(gpt2(), hf_loaders(collator()), WeightedCrossEntropy(), lr=0.01)) == []
+    own = Learner(gpt2(), dls, loss_func=lambda loss: loss, lr=0.01)
+    assert batch_warnings(own) == [] and own.loss.ndim == 0
+
+
+def test_a_hugging_face_causal_lm_is_called_without_a_kv_cache():
+    model = gpt2()
+    calls = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs.get("use_cache")), with_kwargs=True)
+    learn = Learner(model, hf_loaders(collator()), WeightedCrossEntropy(), lr=0.01)
+    learn.fit(1)
+    learn.get_preds()
+    assert calls == [False] * 5  # 3 training batches, 1 validation batch, get_preds
+    assert "cache" not in learn.preds and "past_key_values" not in learn.preds
+    # A batch that sets use_cache keeps it.
+    batch = dict(collator()([dataset(2, 0)[i] for i in range(2)]), use_cache=True)
+    calls.clear()
+    Learner(model, DataLoaders([batch], []), WeightedCrossEntropy(), lr=0.01).fit(1)
+    assert calls == [True]
+
+
+def without_attention_mask(items):
+    batch = collator()(items)
+    del batch["attention_mask"]
+    return batch
+
+
+def test_padded_input_ids_without_an_attention_mask_warn_once_a_fit():
+    # KeyTokenWeightedLoss counts the padding as targets (GPT-2 attends to it): a loss of another value.
+    learn = Learner(gpt2(), hf_loaders(without_attention_mask), lr=0.01, cbs=LossCB(KeyTokenWeightedLoss([3])))
+    for _ in range(2):
+        messages = batch_warnings(learn)
+        assert len(messages) == 1
+    assert all(s in messages[0] for s in ("input_ids (8, 10)", "right-padded with token 0", "no attention_mask",
+                                          "model GPT2LMHeadModel attends to it",
+                                          "loss KeyTokenWeightedLoss counts it as targets"))
+    padded = collator()([dataset(8, 0)[i] for i in range(8)])
+    assert padded["attention_mask"].min() == 0
+    loss, model = KeyTokenWeightedLoss([3]), gpt2()
+    with_mask = loss(model(padded["input_ids"], attention_mask=padded["attention_mask"]).logits, padded["input_ids"],
+                     padded["attention_mask"])
+    assert not torch.isclose(loss(model(padded["input_ids"]).logits, padded["input_ids"]), with_mask)
+    # With the mask, or with rows of one length (nothing padded), there is nothing to say.
+    assert batch_warnings(Learner(gpt2(), hf_loaders(collator()), lr=0.01, cbs=LossCB(KeyTokenWeightedLoss([3])))) == []
+    ids = torch.randint(1, len(WORDS) + 2, (24, 10), generator=torch.Generator().manual_seed(0))
+    rows = Dataset.from_dict({"input_ids": ids.tolist()}).with_format("torch")
+    unpadded = Learner(gpt2(), DataLoaders.from_dsets(rows, rows, bs=8), lr=0.01, cbs=LossCB(KeyTokenWeightedLoss([3])))
+    assert batch_warnings(unpadded) == []
+
+
+def test_left_padding_is_seen_too():
+    tok = tokenizer()
+    tok.padding_side = "left"
+    collate = DataCollatorForLanguageModeling(tok, mlm=False)
+
+    def left_padded(items):
+        return {"input_ids": collate(items)["input_ids"]}
+
+    learn = Learner(gpt2(), hf_loaders(left_padded), lr=0.01, cbs=LossCB(KeyTokenWeightedLoss([3])))
+    messages = batch_warnings(learn)
+    assert len(messages) == 1 and "left-padded with token 0" in messages[0] and "starts of rows" in messages[0]

@@ -2,14 +2,17 @@
 
 from collections import OrderedDict
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minilearn import DataLoaders, Learner, LossOutputError, MissingInputError, TrainCB
+from minilearn import BatchWarning, DataLoaders, Learner, LossOutputError, MissingInputError, TrainCB
 from minilearn.callbacks import MetricsCB
 from minilearn.inputs import loss_call, select_output, signature_of
+from minilearn.losses import KeyTokenWeightedLoss
 
 
 class Output(OrderedDict):
@@ -94,8 +97,29 @@ def test_missing_input_in_a_tuple_batch_says_how_many_items_there_were():
 
 def test_model_gets_nothing_it_names():
     learn = Learner(TokenModel(), DataLoaders([{"ids": torch.zeros(2, 3, dtype=torch.long)}], []), WeightedCE())
-    with pytest.raises(MissingInputError, match=r"TokenModel takes \['input_ids', 'attention_mask'\].*keys \['ids'\]"):
+    with pytest.raises(MissingInputError, match=r"TokenModel takes \['input_ids', 'attention_mask'\].*keys \['ids'\]") as err:
         learn.fit(1)
+    assert "did you mean" not in str(err.value)  # 'ids' is not close to either name
+
+
+def test_a_misnamed_input_gets_the_nearest_batch_key():
+    batches = token_batches(1)
+
+    def loss(logits, target_token, weights):  # one letter short
+        return WeightedCE()(logits, target_token, weights)
+
+    learn = Learner(TokenModel(), DataLoaders(batches, []), loss)
+    with pytest.raises(MissingInputError, match=r"needs the input 'target_token' .*; did you mean 'target_tokens'\?\n"):
+        learn.fit(1)
+    learn.loss_func = WeightedCE()  # fixed: the same learner trains
+    learn.fit(1)
+    misnamed = [{"input_id": b["input_ids"], **{k: b[k] for k in ("target_tokens", "weights")}} for b in batches]
+    learn.dls = DataLoaders(misnamed, [])
+    with pytest.raises(MissingInputError, match=r"\['input_id', 'target_tokens', 'weights'\] \(did you mean "
+                                                r"'input_ids' for the batch's 'input_id'\?\)\. Pass TrainCB"):
+        learn.fit(1)
+    learn.dls = DataLoaders(batches, [])
+    learn.fit(1)
 
 
 def test_tuple_batch_extra_items_bind_in_order_and_n_inp_splits_the_inputs():
@@ -154,3 +178,32 @@ def test_bad_loss_returns_are_named(ret, match):
         learn.fit(1)
     learn.loss_func = F.mse_loss
     learn.fit(1)
+
+
+def test_a_padded_batch_without_a_mask_for_a_loss_that_takes_one_warns_once_a_fit():
+    class IdsOnly(nn.Module):  # takes no attention_mask itself
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(11, 11)
+
+        def forward(self, input_ids):
+            return self.emb(input_ids)
+
+    g = torch.Generator().manual_seed(0)
+    lengths = [[5, 3, 2, 5], [4, 5, 2, 2], [5, 5, 1, 3]]  # right padding with 0 to the longest of each batch
+    batches = [{"input_ids": torch.randint(1, 11, (4, 5), generator=g) * (torch.arange(5) < torch.tensor(n)[:, None])}
+               for n in lengths]
+    learn = Learner(IdsOnly(), DataLoaders(batches, batches[:1]), KeyTokenWeightedLoss([3]))
+    for _ in range(2):  # a 3-batch fit warns once, and the next fit once more
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            learn.fit(1)
+        messages = [str(w.message) for w in seen if w.category is BatchWarning]
+        assert len(messages) == 1
+    assert "loss KeyTokenWeightedLoss counts it as targets" in messages[0] and "attends" not in messages[0]
+    # With the mask there is nothing to say.
+    for b in batches:
+        b["attention_mask"] = (b["input_ids"] != 0).long()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BatchWarning)
+        learn.fit(1)

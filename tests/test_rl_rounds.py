@@ -165,10 +165,37 @@ def test_misuse_is_refused_and_the_learner_stays_usable():
         learn.fit(1)  # no RolloutCB: nothing fills the buffer
     bad = RolloutCB(rl_round.PROMPTS, lambda p, c: [1.0], group_size=2, max_new_tokens=3)
     learn.dls = DataLoaders(torch.utils.data.DataLoader(bad.buffer, batch_size=4), [])
-    with pytest.raises(ValueError, match="reward_fn returned"):
+    with pytest.raises(ValueError, match=r"reward_fn .*<lambda> returned 1 rewards for 8 completions"):
         learn.fit(1, cbs=bad)
     good = RolloutCB(rl_round.PROMPTS, rl_round.reward, group_size=2, max_new_tokens=3)
     learn.dls = DataLoaders(torch.utils.data.DataLoader(good.buffer, batch_size=4), [])
     learn.fit(1, cbs=good)  # still usable
     assert len(good.history) == 1 and not any(isinstance(c, RolloutCB) for c in learn.cbs)
 
+
+
+def none_at_3(prompts, completions):
+    rewards = rl_round.reward(prompts, completions)
+    rewards[3] = None
+    return rewards
+
+
+@pytest.mark.parametrize("reward_fn, error, match", [
+    (lambda p, c: None, TypeError, r"returned None \(NoneType\) for 8 completions; expected a list or 1-d tensor of 8"),
+    (none_at_3, TypeError, r"none_at_3 returned None \(NoneType\) at index 3 of its 8 rewards; expected a finite real"),
+    (lambda p, c: ["1"] * len(c), TypeError, r"returned '1' \(str\) at index 0 of its 8 rewards"),
+    (lambda p, c: [0.0] * 5 + [float("nan")] * 3, ValueError,
+     r"returned nan \(float\) at index 5 .*would make its whole group's advantages NaN"),
+    (lambda p, c: torch.ones(len(c), 1), ValueError, r"tensor of shape \(8, 1\) for 8 completions; expected .* shape \(8,\)"),
+], ids=["None", "None inside", "str", "NaN", "2-d"])
+def test_rewards_that_are_not_numbers_are_named_and_the_learner_trains_after(reward_fn, error, match):
+    policy = rl_round.model(0)
+    rl = RolloutCB(rl_round.PROMPTS[:2], reward_fn, group_size=4, max_new_tokens=3, eos_token_id=0)
+    learn = Learner(policy, DataLoaders(torch.utils.data.DataLoader(rl.buffer, batch_size=4), []), PolicyGradientLoss(),
+                    lr=0.1, cbs=rl)
+    with pytest.raises(error, match=match) as err:
+        learn.fit(1)
+    assert "reward_fn" in str(err.value) and rl.history == [] and rl.state_dict()["in_round"] is False
+    rl.reward_fn = rl_round.reward  # fixed: the same learner trains
+    learn.fit(1)
+    assert len(rl.history) == 1

@@ -4,12 +4,13 @@
   `target_tokens`, `logprobs`, `prompt_index`) that `PolicyGradientLoss` takes by name;
   `model_logprobs`, a model's log-probabilities of a batch's targets (the frozen reference's).
 - `make_rollouts`: one round: sample, reward, group advantages, reference log-probabilities;
-  `RolloutBuffer`, the dataset a training loader reads each round from (`RolloutCB` fills it).
+  `check_rewards`, what a reward function returned, checked; `RolloutBuffer`, the dataset a training
+  loader reads each round from (`RolloutCB` fills it).
 - `completion_tokens`, `prompt_tokens`: the token ids a reward function reads.
 """
 
-from minilearn.sampling.rollouts import RewardFn, RolloutBuffer, make_rollouts
+from minilearn.sampling.rollouts import RewardFn, RolloutBuffer, check_rewards, make_rollouts
 from minilearn.sampling.sample import Prompts, completion_tokens, eval_mode, model_logprobs, prompt_tokens, sample
 
-__all__ = ["sample", "model_logprobs", "make_rollouts", "RolloutBuffer", "RewardFn", "completion_tokens",
+__all__ = ["sample", "model_logprobs", "make_rollouts", "check_rewards", "RolloutBuffer", "RewardFn", "completion_tokens",
            "prompt_tokens", "eval_mode", "Prompts"]

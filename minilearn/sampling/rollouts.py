@@ -1,17 +1,20 @@
 """One round of on-policy rollouts: sample completions, score them, and turn the rewards into what a
 policy-gradient loss takes (group advantages per token, the reference model's log-probabilities)."""
 
+import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from minilearn.inputs import callable_name
 from minilearn.logprobs.tokens import IGNORE_INDEX
 from minilearn.losses.advantages import AdvantageScale, group_advantages
 from minilearn.sampling.sample import Prompts, completion_tokens, model_logprobs, prompt_tokens, sample
 
-__all__ = ["make_rollouts", "RolloutBuffer", "RewardFn"]
+__all__ = ["make_rollouts", "check_rewards", "RolloutBuffer", "RewardFn"]
 
 # reward_fn(prompts, completions) -> one reward a completion: both lists of token-id lists, row by row
 # (each prompt repeated for every completion of its group; completions without their final eos).
@@ -25,7 +28,7 @@ def make_rollouts(model: nn.Module, prompts: Prompts, reward_fn: RewardFn, group
     """A round of GRPO-style rollouts as one dict batch: `sample`'s keys (`input_ids`,
     `attention_mask`, `target_tokens`, `logprobs`, `prompt_index`) plus
 
-    - `rewards` `(B,)`: `reward_fn(prompts, completions)`, one number a completion;
+    - `rewards` `(B,)`: `reward_fn(prompts, completions)`, one finite number a completion (`check_rewards`);
     - `advantages` `(B, T)`: `group_advantages(rewards, group_size, advantage_scale)` at each drawn
       token of the completion, 0 elsewhere (every token of a completion shares its advantage);
     - `ref_logprobs` `(B, T)` when `ref_model` is given: the frozen reference model's log-probabilities
@@ -45,17 +48,48 @@ def make_rollouts(model: nn.Module, prompts: Prompts, reward_fn: RewardFn, group
     batch = sample(model, rows, max_new_tokens, temperature=temperature, top_k=top_k, eos_token_id=eos_token_id,
                    group_size=group_size, generator=generator)
     completions = completion_tokens(batch, eos_token_id)
-    rewards = reward_fn([rows[i] for i in batch["prompt_index"].tolist()], completions)
-    rewards = torch.as_tensor(rewards, dtype=torch.float32, device=batch["input_ids"].device)
-    if rewards.shape != (len(completions),):
-        raise ValueError(f"reward_fn returned {tuple(rewards.shape)} rewards for {len(completions)} completions: "
-                         f"one number a completion")
+    rewards = check_rewards(reward_fn([rows[i] for i in batch["prompt_index"].tolist()], completions),
+                            len(completions), reward_fn).to(batch["input_ids"].device)
     counted = batch["target_tokens"] != IGNORE_INDEX
     advantages = group_advantages(rewards, group_size, advantage_scale)
     batch |= {"rewards": rewards, "advantages": torch.where(counted, advantages[:, None], 0.0)}
     if ref_model is not None:
         batch["ref_logprobs"] = model_logprobs(ref_model, batch).to(batch["logprobs"].device)
     return batch
+
+
+def check_rewards(rewards: Sequence[float] | torch.Tensor, n: int, reward_fn: Callable | None = None) -> torch.Tensor:
+    """What `reward_fn` returned for `n` completions as a float32 `(n,)` tensor, or an error naming
+    `reward_fn` and what was wrong: not a list or 1-d tensor, a length other than `n`, or (the first)
+    reward that is not a finite real number, with its index, value and type. NaN and infinities are
+    refused too: one would make the advantages of its whole group NaN.
+
+    >>> check_rewards([1, 0.5, True], 3)
+    tensor([1.0000, 0.5000, 1.0000])
+    >>> check_rewards([1.0, None], 2, reward_fn=len)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: reward_fn len returned None (NoneType) at index 1 of its 2 rewards; expected a finite real number ...
+    """
+    name = f"reward_fn {callable_name(reward_fn)}" if reward_fn is not None else "reward_fn"
+    if isinstance(rewards, torch.Tensor) and (rewards.ndim != 1 or rewards.is_complex()):
+        raise ValueError(f"{name} returned a {rewards.dtype} tensor of shape {tuple(rewards.shape)} for {n} "
+                         f"completions; expected one real number a completion, shape ({n},)")
+    if isinstance(rewards, (str, bytes, Mapping)) or not hasattr(rewards, "__len__"):
+        raise TypeError(f"{name} returned {rewards!r} ({type(rewards).__name__}) for {n} completions; expected a "
+                        f"list or 1-d tensor of {n} real numbers, one a completion")
+    if len(rewards) != n:
+        raise ValueError(f"{name} returned {len(rewards)} rewards for {n} completions; expected one a completion")
+    values = rewards.tolist() if isinstance(rewards, torch.Tensor) else [
+        v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v for v in rewards]
+    for i, v in enumerate(values):
+        number = isinstance(v, numbers.Real)
+        if not number or not math.isfinite(v):
+            raise (ValueError if number else TypeError)(
+                f"{name} returned {v!r} ({type(v).__name__}) at index {i} of its {n} rewards; expected a finite "
+                f"real number (int, float, bool) for each completion"
+                + ("" if not number else ": a NaN or infinite reward would make its whole group's advantages NaN"))
+    return torch.tensor(values, dtype=torch.float32)
 
 
 class RolloutBuffer(Dataset):
