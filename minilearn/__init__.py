@@ -1,5 +1,14 @@
 """minilearn: a small, readable, callback-driven Learner for PyTorch, built for custom losses."""
 
+import warnings
+
+# Importing Accelerate imports tqdm.auto (for big-model loading bars minilearn never shows), which in a Jupyter
+# kernel without ipywidgets prints a red "IProgress not found" warning at every `import minilearn`. Import it
+# first with that one warning off; tqdm falls back to its text bars as it would anyway, also for transformers.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    import accelerate  # noqa: F401
+
 from minilearn.callback import Callback, MisspeltEventWarning, misspelt_events
 from minilearn.data import DataLoaders, batch_size, default_device, to_device
 from minilearn.events import EVENTS, LOOP_STATE, STEPS

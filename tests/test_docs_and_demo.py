@@ -2,6 +2,7 @@
 
 import doctest
 import importlib
+import importlib.util
 import os
 import pkgutil
 import re
@@ -9,9 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
+from nbclient import NotebookClient
 from torch.utils.data import DataLoader
 
 import minilearn
@@ -39,6 +42,20 @@ def test_docstring_examples(name):
     mod = importlib.import_module(name)
     result = doctest.testmod(mod, globs={"torch": importlib.import_module("torch"), **vars(mod)})
     assert result.failed == 0
+
+
+def cell_outputs(source: str) -> list[dict]:
+    """The outputs of `source` run as the one cell of a notebook, in a fresh Jupyter kernel."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+    NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+    return nb.cells[0].outputs
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ipywidgets") is not None, reason="tqdm only warns without ipywidgets")
+def test_importing_minilearn_in_a_notebook_prints_no_warning():
+    # What every notebook met: Accelerate's import of tqdm.auto warns in red in a kernel without ipywidgets.
+    assert "IProgress not found" in str(cell_outputs("import accelerate"))
+    assert cell_outputs("import minilearn.callbacks, transformers") == []
 
 
 def test_readme_example_runs():
