@@ -15,6 +15,7 @@ from minilearn.events import EVENTS, LOOP_STATE, STEPS
 from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException, CheckpointError,
                                   LossOutputError, MissingInputError, UnknownEventError)
 from minilearn.hooks import Hooks
+from minilearn.interpretation import ClassificationInterpretation
 from minilearn.learner import Learner
 from minilearn.logprobs import (IGNORE_INDEX, CustomLossResult, FusedHead, LabelsToTargets, forward_backward_custom,
                                 logprob_targets, sequence_logprobs, targets_from_labels)
@@ -33,5 +34,5 @@ __all__ = [
     "UnknownEventError", "MissingInputError", "LossOutputError", "CheckpointError",
     "NormalizedLoss", "LossTensor", "forward_backward_custom", "CustomLossResult", "logprob_targets", "sequence_logprobs",
     "DataLoaders", "to_device", "batch_size", "default_device", "FusedHead", "IGNORE_INDEX",
-    "targets_from_labels", "LabelsToTargets", "Hooks", "Predictions",
+    "targets_from_labels", "LabelsToTargets", "Hooks", "Predictions", "ClassificationInterpretation",
 ]

@@ -289,3 +289,10 @@ class Learner:
         """The learning-rate range test (`minilearn.lr_finder.lr_find`); returns the lr that `method`
         (`"valley"`, `"steep"`, `"minimum"`) chooses from the loss curve."""
         return lr_find(self, start_lr, end_lr, num_it, show_plot, method)
+
+    def show_batch(self, dl: Any = None, n: int = 9, show: Callable | None = None, vocab: list[str] | None = None):
+        """Draw the first `n` items of a batch of `dl` (default `dls.train`) captioned with their targets:
+        images `(N, H, W)`/`(N, C, H, W)` as a grid, `(N, F)` rows as a table, or through your own
+        `show(xs, captions) -> Figure` (`minilearn.show.show_batch`). Returns the figure."""
+        from minilearn.show import show_batch
+        return show_batch(self, dl, n, show, vocab)

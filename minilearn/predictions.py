@@ -14,7 +14,7 @@ from minilearn.logprobs.linear import LinearLogits
 from minilearn.logprobs.tokens import IGNORE_INDEX
 from minilearn.train import TrainCB
 
-__all__ = ["Predictions", "get_preds", "top_losses", "pad_value", "TARGET_KEYS"]
+__all__ = ["Predictions", "get_preds", "get_preds_with_inputs", "top_losses", "pad_value", "TARGET_KEYS"]
 
 # Keys whose padding is "no target" rather than 0 (masks, weights, ids pad with 0).
 TARGET_KEYS: tuple[str, ...] = ("target_tokens", "labels")
@@ -56,14 +56,15 @@ def _join(parts: list, key: str | None = None) -> Any:
     return parts
 
 
-def _targets(learn, batch: Any) -> Any:
+def _split(learn, batch: Any) -> tuple[Any, Any]:
+    # (what the model takes, the rest): for a tuple batch one tensor each where there is one.
     if is_mapping(batch):
         train = next((cb for cb in learn.cbs if isinstance(cb, TrainCB)), None)
         names = train.model_input_names(learn.model) if train else model_input_names(
             signature_of(input_module(learn.model)))
-        return {k: v for k, v in batch.items() if k not in names}
-    rest = tuple(batch[learn.n_inp:])
-    return rest[0] if len(rest) == 1 else rest
+        return ({k: v for k, v in batch.items() if k in names}, {k: v for k, v in batch.items() if k not in names})
+    inputs, rest = tuple(batch[:learn.n_inp]), tuple(batch[learn.n_inp:])
+    return inputs[0] if len(inputs) == 1 else inputs, rest[0] if len(rest) == 1 else rest
 
 
 def _detached(x: Any) -> Any:
@@ -106,6 +107,20 @@ def _item_losses(learn, rows: int) -> list[torch.Tensor]:
 def get_preds(learn, dl: Any = None, with_loss: bool = False) -> Predictions:
     """The model's outputs over `dl` (default `learn.dls.valid`), in dataset order, with the targets and,
     when `with_loss`, one loss per item; see `Learner.get_preds`."""
+    return _predict(learn, dl, with_loss, None)
+
+
+def get_preds_with_inputs(learn, dl: Any = None, with_loss: bool = True) -> tuple[Any, Predictions]:
+    """`(inputs, get_preds(learn, dl, with_loss))` from one pass: the model inputs of every item too
+    (a tensor for a tuple batch with one input, a tuple or dict of them otherwise), in the same order,
+    on the device they were given to the model (gathered from every process under AccelerateCB), for
+    showing the items beside what the model made of them (`ClassificationInterpretation`)."""
+    inputs: list = []
+    preds = _predict(learn, dl, with_loss, inputs)
+    return _join(inputs), preds
+
+
+def _predict(learn, dl: Any, with_loss: bool, inputs: list | None) -> Predictions:
     dl = learn.dls.valid if dl is None else dl
     if world_size() > 1 and not isinstance(dl, (DataLoaderShard, DataLoaderDispatcher)):
         raise ValueError(f"under {world_size()} processes get_preds needs a loader Accelerate prepared (so that each "
@@ -123,7 +138,10 @@ def get_preds(learn, dl: Any = None, with_loss: bool = False) -> Predictions:
                 learn.predict()
                 learn.callback("after_predict")  # AccelerateCB gathers the processes' outputs here
                 preds.append(_detached(learn.preds))
-                targets.append(_targets(learn, learn.batch))
+                model_inputs, rest = _split(learn, learn.batch)
+                targets.append(rest)
+                if inputs is not None:
+                    inputs.append(model_inputs)
                 if with_loss:
                     owner = learn.step_owners["get_loss"]
                     own = owner.item_losses(learn) if hasattr(owner, "item_losses") else None
