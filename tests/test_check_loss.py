@@ -277,3 +277,96 @@ def test_the_report_is_a_table_in_a_notebook_and_text_in_a_terminal():
     assert not report and not CheckReport("nothing")
     with pytest.raises(CheckFailed, match="no check ran"):
         CheckReport("nothing").raise_if_failed()
+
+
+KEY_IDS = [3, 5]
+
+
+def key_token_batch(padded=False):
+    ids = torch.tensor([[1, 3, 5, 2, 3, 0], [4, 4, 6, 2, 1, 0], [5, 5, 6, 1, 2, 3], [0, 2, 3, 6, 1, 4]])
+    batch = {"input_ids": ids}
+    if padded:  # right padding of different lengths: a mean over all tokens is no longer a mean of row means
+        batch["attention_mask"] = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 3 + [0] * 3, [1] * 6])
+    return batch
+
+
+def student_key_token_loss(shift=True, per_row=True, offset=1, reduce=torch.mean):
+    """A student's key-token loss, with one of the common mistakes or none, written with F.cross_entropy."""
+    def loss(logits, input_ids, attention_mask=None):
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        labels = input_ids.masked_fill(mask == 0, -100)
+        if shift:
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        token_loss = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")    # 0 at -100
+        n = (labels != -100).sum(1)
+        weights = 2.0 * (offset + (torch.isin(input_ids, torch.tensor(KEY_IDS)) & (mask == 1)).sum(1))
+        if not per_row:
+            return weights.mean() * token_loss.sum() / n.sum()
+        return reduce(weights * token_loss.sum(1) / n)
+    return loss
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("mistake, says", [
+    (dict(shift=False), "your value matches the loss without the shift of labels by one position"),
+    (dict(per_row=False), "your value matches the loss with one mean over all the tokens of the batch"),
+    (dict(offset=0), "your value matches the loss with weights alpha * (number of key tokens), without the offset"),
+    (dict(reduce=torch.sum), "your value matches the loss with the sum over rows instead of their mean"),
+])
+def test_a_key_token_loss_with_a_common_mistake_is_told_which(mistake, says, padded):
+    batch = key_token_batch(padded)
+    logits = torch.randn(4, 6, 8, generator=torch.Generator().manual_seed(0))
+    reference = KeyTokenWeightedLoss(KEY_IDS, alpha=2.0)
+    assert check_loss(student_key_token_loss(), batch, preds=logits, reference=reference, skip=("bf16",))
+    explanation = by_name(check_loss(student_key_token_loss(**mistake), batch, preds=logits,
+                                     reference=reference))["reference"].explanation
+    assert explanation.startswith("value ") and "but the reference KeyTokenWeightedLoss gives" in explanation
+    assert says in explanation and explanation.count("matches") == 1
+
+
+def test_a_loss_computed_from_bfloat16_preds_is_told_so_at_reference():
+    batch = key_token_batch()
+    def in_bf16(logits, input_ids):
+        return student_key_token_loss()(logits.bfloat16().float(), input_ids)
+    logits = torch.randn(4, 6, 8, generator=torch.Generator().manual_seed(0))
+    explanation = by_name(check_loss(in_bf16, batch, preds=logits,
+                                     reference=KeyTokenWeightedLoss(KEY_IDS, alpha=2.0)))["reference"].explanation
+    assert "your value matches the loss computed in bfloat16" in explanation
+
+
+@pytest.mark.parametrize("reduction, wrong, says", [
+    ("weight_mean", lambda lp, w: -lp.sum() / lp.ne(0).sum(), "without the weights (the plain mean"),
+    ("weight_mean", lambda lp, w: -(w * lp).sum() / lp.ne(0).sum(), "divided by the number of target tokens"),
+    ("weight_mean", lambda lp, w: -(w * lp).sum(), "with the weighted sum, not divided by the sum of the weights"),
+    ("sum", lambda lp, w: -(w * lp).sum() / w.sum(), "with the weighted mean instead of the sum"),
+])
+def test_a_weighted_cross_entropy_with_a_common_mistake_is_told_which(reduction, wrong, says):
+    batch = token_batch()
+    def student(logits, target_tokens, weights):
+        return wrong(target_logprobs(logits, target_tokens), weights * (target_tokens != -100))
+    explanation = by_name(check_loss(student, batch, preds=logits_for(batch),
+                                     reference=WeightedCrossEntropy(reduction)))["reference"].explanation
+    assert says in explanation
+
+
+def test_the_mistakes_of_an_exercise_can_be_given_and_a_value_matching_none_says_only_the_values():
+    batch = token_batch()
+    def times(k):
+        return lambda logits, target_tokens, weights: k * weighted_ce_formula(logits, target_tokens, weights)
+    mistakes = {"counted twice": times(2), "of its negative": times(-1)}
+    def explanation(loss):
+        return by_name(check_loss(loss, batch, preds=logits_for(batch), reference=weighted_ce_formula,
+                                  mistakes=mistakes))["reference"].explanation
+    assert explanation(times(2)).startswith("value ")
+    assert explanation(times(2)).endswith(": your value matches the loss counted twice")
+    assert "matches" not in explanation(times(3)) and explanation(times(3)).startswith("value ")
+
+
+def test_a_float32_value_is_compared_with_a_float64_reference_as_a_number():
+    batch = token_batch(ignored=False)
+    def in_float32(logits, target_tokens):
+        return F.cross_entropy(logits.float().transpose(1, 2), target_tokens)
+    report = check_loss(in_float32, batch, preds=logits_for(batch),
+                        reference=lambda logits, target_tokens: F.cross_entropy(logits.transpose(1, 2), target_tokens))
+    assert by_name(report)["reference"].passed      # the value agrees; gradcheck says why float32 is too coarse
+    assert [c.name for c in report.failed] == ["gradcheck"]

@@ -2,7 +2,7 @@
 right and what is wrong with it, before a grader or a long training run finds out."""
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,6 +19,7 @@ from minilearn.inputs import Signature, callable_name, loss_call, signature_of, 
 from minilearn.learner import Learner
 from minilearn.normalized_loss import LossTensor, NormalizedLoss
 from minilearn.order import Order
+from minilearn.testing.mistakes import loss_mistakes
 from minilearn.testing.report import CheckReport
 
 __all__ = ["check_loss", "sample_preds", "LOSS_CHECKS"]
@@ -193,7 +194,7 @@ def _check_split(report: CheckReport, name: str, loss: Callable, preds: torch.Te
 
 
 def check_loss(loss: Callable, batch: Any, preds: torch.Tensor | None = None, reference: Callable | None = None,
-               n_inp: int = 1, skip: Iterable[str] = ()) -> CheckReport:
+               n_inp: int = 1, skip: Iterable[str] = (), mistakes: Mapping[str, Callable] | None = None) -> CheckReport:
     """Run `loss` (an `nn.Module` or a function `loss(preds, *named inputs)`, see `minilearn.inputs`)
     on a sample `batch` and report each check with pass/fail and a one-line explanation:
 
@@ -203,6 +204,8 @@ def check_loss(loss: Callable, batch: Any, preds: torch.Tensor | None = None, re
     - `differentiable`: the value has a finite, not everywhere zero gradient with respect to `preds`;
     - `gradcheck`: in float64 that gradient matches finite differences (`torch.autograd.gradcheck`);
     - `reference`: it equals `reference` (a loss or a formula called the same way) in value and gradient;
+      a value that differs is compared with what each common mistake would give, and the one it
+      matches is named (`mistakes`);
     - `accelerate`: a training step under `AccelerateCustomCB` gives the plain loop's gradient;
     - `accumulation`: so does a step over the batch's rows cut into two micro-batches (gradient
       accumulation 2), which flags a per-micro-batch mean where a weighted total was meant;
@@ -214,6 +217,9 @@ def check_loss(loss: Callable, batch: Any, preds: torch.Tensor | None = None, re
     (`gradcheck`, `reference`) or float32 (training steps) whatever the dtype of `preds`.
     `skip`: names of checks not to run, for example `("gradcheck",)` for a loss that stops a gradient
     on purpose. A loss that fails `inputs`, `scalar` or `differentiable` ends the report there.
+    `mistakes`: wrong versions of `reference` by what is wrong with them, each called like it, to name
+    the one a differing value matches; by default `loss_mistakes(reference)`, the common mistakes of
+    a plug-in loss and of computing in low precision.
 
     Returns a `CheckReport`: true when every check that ran passed, a table in a notebook.
 
@@ -302,22 +308,7 @@ def check_loss(loss: Callable, batch: Any, preds: torch.Tensor | None = None, re
                 report.add("gradcheck", False, f"gradcheck raised {_error(e)}")
 
     if "reference" in runs:
-        if reference is None:
-            report.add("reference", None, "no reference given")
-        else:
-            try:
-                ref_value, ref_grad = _value_and_grad(reference, preds64, batch, n_inp, signature_of(reference))
-            except Exception as e:
-                report.add("reference", False, f"the reference {_name(reference)} raised {_error(e)}")
-            else:
-                if not torch.allclose(value.detach(), ref_value, rtol=1e-6, atol=1e-8):
-                    report.add("reference", False, f"value {value.item():.8g} but the reference "
-                                                   f"{_name(reference)} gives {ref_value.item():.8g}")
-                elif _relative_gap(grad, ref_grad) > 1e-6:
-                    report.add("reference", False, f"the values agree but the gradients differ (relative gap "
-                                                   f"{_relative_gap(grad, ref_grad):.2g})")
-                else:
-                    report.add("reference", True, f"equals {_name(reference)} in value and gradient (float64)")
+        _check_reference(report, value, grad, reference, mistakes, preds64, batch, n_inp)
 
     split_checks = [name for name in ("accelerate", "accumulation") if name in runs]
     if split_checks and not _in_one_process():
@@ -337,6 +328,52 @@ def check_loss(loss: Callable, batch: Any, preds: torch.Tensor | None = None, re
     if "bf16" in runs:
         _check_bf16(report, value_of, preds)
     return report
+
+
+def _check_reference(report: CheckReport, value: torch.Tensor, grad: torch.Tensor, reference: Callable | None,
+                     mistakes: Mapping[str, Callable] | None, preds: torch.Tensor, batch: Any, n_inp: int) -> None:
+    if reference is None:
+        report.add("reference", None, "no reference given")
+        return
+    sig = signature_of(reference)
+    try:
+        ref_value, ref_grad = _value_and_grad(reference, preds, batch, n_inp, sig)
+    except Exception as e:
+        report.add("reference", False, f"the reference {_name(reference)} raised {_error(e)}")
+        return
+    # Compared as numbers: a float32 value against a float64 reference is a difference of precision, not of type.
+    value = value.detach().double()
+    if not torch.allclose(value, ref_value.double(), rtol=1e-6, atol=1e-8):
+        mistake = _matching_mistake(value, loss_mistakes(reference) if mistakes is None else mistakes,
+                                    preds, batch, n_inp, sig)
+        report.add("reference", False, f"value {value.item():.8g} but the reference {_name(reference)} gives "
+                                       f"{ref_value.item():.8g}{mistake}")
+    elif _relative_gap(grad, ref_grad) > 1e-6:
+        report.add("reference", False, f"the values agree but the gradients differ (relative gap "
+                                       f"{_relative_gap(grad, ref_grad):.2g})")
+    else:
+        report.add("reference", True, f"equals {_name(reference)} in value and gradient (float64)")
+
+
+# How closely a value matches a mistake computed in each precision (float64 as closely as the reference).
+_MATCH_RTOL = {torch.float64: 1e-6, torch.float32: 1e-5}
+
+
+def _matching_mistake(value: torch.Tensor, mistakes: Mapping[str, Callable], preds: torch.Tensor, batch: Any,
+                      n_inp: int, sig: Signature) -> str:
+    """`: your value matches the loss <mistake>` for the mistake nearest to `value` within the precision
+    it computes in; empty when none matches."""
+    nearest = None
+    for name, wrong in mistakes.items():
+        try:
+            with torch.no_grad():
+                got = _value(wrong, preds, batch, n_inp, sig)
+        except Exception:  # a mistake that cannot happen on this batch
+            continue
+        gap = (value - got.double()).abs().item()
+        if gap <= 1e-8 + _MATCH_RTOL.get(got.dtype, 1e-2) * got.abs().item() and (nearest is None or gap < nearest[0]):
+            nearest = gap, name
+    return f": your value matches the loss {nearest[1]}" if nearest else ""
 
 
 def _check_bf16(report: CheckReport, value_of: Callable, preds: torch.Tensor) -> None:
