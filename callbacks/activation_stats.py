@@ -78,14 +78,16 @@ class ActivationStatsCB(Callback):
         return h[..., 0] / h.sum(-1).clamp(min=1)
 
     def plot_stats(self):
-        """The mean and the standard deviation of each module's output, batch by batch."""
+        """The mean and the standard deviation of each module's output, batch by batch. Returns the figure
+        (its layout leaves room for a `fig.suptitle`; the legend sits outside the axes)."""
         import matplotlib.pyplot as plt
-        fig, (ax_mean, ax_std) = plt.subplots(1, 2, figsize=(10, 4))
+        fig, (ax_mean, ax_std) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
         for i, (m, s) in enumerate(zip(self.means, self.stds)):
             ax_mean.plot(m.numpy(), label=str(i))
-            ax_std.plot(s.numpy(), label=str(i))
-        ax_mean.set_title("means"), ax_std.set_title("standard deviations")
-        ax_std.legend(title="module")
+            ax_std.plot(s.numpy())
+        for ax, title in ((ax_mean, "means"), (ax_std, "standard deviations")):
+            ax.set_title(title), ax.set_xlabel("training batch")
+        fig.legend(title="module", loc="outside right upper")
         return fig
 
     def color_dim(self):
@@ -93,17 +95,19 @@ class ActivationStatsCB(Callback):
         as colour. A healthy layer keeps its mass spread out; a collapsing one turns dark above the floor."""
         import matplotlib.pyplot as plt
         h = self.hists
-        fig, axes = plt.subplots(1, len(h), figsize=(3 * len(h), 3), squeeze=False)
+        fig, axes = plt.subplots(1, len(h), figsize=(3 * len(h), 3), squeeze=False, layout="constrained")
         for i, (ax, hist) in enumerate(zip(axes[0], h)):
             ax.imshow(hist.T.log1p().numpy(), origin="lower", aspect="auto")
-            ax.set_title(f"module {i}"), ax.set_xlabel("batch")
+            ax.set_title(f"module {i}"), ax.set_xlabel("training batch")
         return fig
 
     def dead_chart(self):
-        """The share of each module's outputs near zero, batch by batch (`dead_fraction`)."""
+        """The share of each module's outputs near zero, batch by batch (`dead_fraction`). Returns the figure."""
         import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(5, 4))
+        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
         for i, d in enumerate(self.dead_fraction()):
             ax.plot(d.numpy(), label=str(i))
-        ax.set_ylim(0, 1), ax.set_title("share of outputs near zero"), ax.legend(title="module")
+        ax.set_ylim(-0.03, 1.03)  # a line at 0 or 1 (all dead) drawn inside the frame, not on it
+        ax.set_title("share of outputs near zero"), ax.set_xlabel("training batch")
+        fig.legend(title="module", loc="outside right upper")
         return fig

@@ -50,7 +50,7 @@ class Recorder(Callback):
     def plot_loss(self, skip_start: int = 0, with_valid: bool = True):
         """Plot the training loss per batch (and the validation loss per epoch); returns the axes."""
         import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
         ax.plot(range(skip_start, len(self.losses)), self.losses[skip_start:], label="train")
         if with_valid and self.valid_losses:
             its, vals = zip(*self.valid_losses)
@@ -63,7 +63,7 @@ class Recorder(Callback):
     def plot_lr(self):
         """Plot the learning rate of each training batch; returns the axes."""
         import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
         ax.plot(self.lrs)
         ax.set_xlabel("training batch")
         ax.set_ylabel("learning rate")

@@ -86,3 +86,28 @@ def test_a_model_without_children_needs_modules():
     with pytest.raises(ValueError, match=r"Linear has no children; pass ActivationStatsCB\(modules=\[...\]\)"):
         learn.fit(1, cbs=ActivationStatsCB())
     learn.fit(1, cbs=ActivationStatsCB(modules=[learn.model]))
+
+
+def overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_a_suptitle_and_the_legends_cover_no_title_and_no_plotted_line():
+    matplotlib.use("Agg")
+    model = net()
+    stats = ActivationStatsCB()
+    Learner(model, DataLoaders(batches(4, 0), []), F.mse_loss).fit(1, cbs=stats)
+    for plot in (stats.plot_stats, stats.color_dim, stats.dead_chart):
+        fig = plot()
+        suptitle = fig.suptitle("a title above the plots")
+        renderer = fig.canvas.get_renderer()
+        fig.draw(renderer)  # the constrained layout places everything at draw time
+        top = suptitle.get_window_extent(renderer)
+        for ax in fig.axes:
+            assert not overlaps(top, ax.title.get_window_extent(renderer)), plot.__name__
+            assert not overlaps(top, ax.get_window_extent(renderer)), plot.__name__
+            for legend in fig.legends:
+                assert not overlaps(legend.get_window_extent(renderer), ax.get_window_extent(renderer)), plot.__name__
+    dead = stats.dead_chart().axes[0]
+    low, high = dead.get_ylim()
+    assert low < 0 and high > 1  # a line at 0 or at 1 is drawn inside the frame
