@@ -7,9 +7,26 @@ from collections.abc import Iterable
 from minilearn.events import EVENTS, STEPS
 
 __all__ = ["Callback", "listeners", "method_owner", "dispatch_table", "misspelt_events", "warn_misspelt_events",
-           "MisspeltEventWarning"]
+           "MisspeltEventWarning", "FASTAI_EVENTS"]
 
 _EVENT_PREFIXES = ("before_", "after_", "cleanup_")
+
+# fastai's events (fastai.callback.core) that minilearn names otherwise: what minilearn calls each, and when.
+FASTAI_EVENTS: dict[str, tuple[str, str]] = {
+    "after_create": ("before_fit", "the nearest: no event runs when a callback joins a learner"),
+    "before_train": ("before_epoch", "with learn.training True"),
+    "after_train": ("after_epoch", "with learn.training True"),
+    "before_validate": ("before_epoch", "with learn.training False"),
+    "after_validate": ("after_epoch", "with learn.training False"),
+    "after_pred": ("after_predict", ""),
+    "before_backward": ("after_loss", "with learn.training True"),
+    "before_step": ("after_backward", ""),
+    "after_cancel_batch": ("after_batch", "it runs also after a CancelBatchException"),
+    "after_cancel_train": ("after_epoch", "it runs also after a CancelEpochException"),
+    "after_cancel_validate": ("after_epoch", "it runs also after a CancelEpochException"),
+    "after_cancel_epoch": ("after_epoch", "it runs also after a CancelEpochException"),
+    "after_cancel_fit": ("after_fit", "it runs also after a CancelFitException"),
+}
 
 
 class Callback:
@@ -89,17 +106,22 @@ def misspelt_events(cb: Callback) -> dict[str, str | None]:
 
     A method looks like one when its name starts with `before_`, `after_` or `cleanup_`, or is a
     typo away from an event or step name (`get_losss`, `zerograd`). Either way it would never run.
+    A fastai event name gets the name minilearn has for it (`FASTAI_EVENTS`).
 
     >>> class Typo(Callback):
     ...     def after_batchs(self, learn): pass
     ...     def get_losss(self, learn): pass
+    ...     def before_train(self, learn): pass
     >>> misspelt_events(Typo())
-    {'after_batchs': 'after_batch', 'get_losss': 'get_loss'}
+    {'after_batchs': 'after_batch', 'before_train': 'before_epoch', 'get_losss': 'get_loss'}
     """
     names = EVENTS + STEPS
     found = {}
     for attr in dir(type(cb)):
         if attr in names or attr.startswith("_") or not callable(getattr(cb, attr)):
+            continue
+        if attr in FASTAI_EVENTS:
+            found[attr] = FASTAI_EVENTS[attr][0]
             continue
         # 0.85 catches a letter added, dropped or swapped, and not words such as `stop` or `plot_loss`.
         typo_of = difflib.get_close_matches(attr, names, n=1, cutoff=0.85)
@@ -112,6 +134,9 @@ def misspelt_events(cb: Callback) -> dict[str, str | None]:
 def warn_misspelt_events(cb: Callback) -> None:
     """Warn about each method of `cb` that looks like an event or step name but is not one (it would never run)."""
     for attr, near in misspelt_events(cb).items():
-        hint = f"; did you mean {near!r}?" if near else ""
-        warnings.warn(f"{cb.name}.{attr} looks like an event or step but is not one, so it will never run{hint}",
-                      MisspeltEventWarning, stacklevel=3)
+        if attr in FASTAI_EVENTS:
+            when = FASTAI_EVENTS[attr][1]
+            what = f"is fastai's name for an event; minilearn calls this {near!r}" + (f" ({when})" if when else "")
+        else:
+            what = "looks like an event or step but is not one" + (f" (did you mean {near!r}?)" if near else "")
+        warnings.warn(f"{cb.name}.{attr} {what}, so it will never run", MisspeltEventWarning, stacklevel=3)

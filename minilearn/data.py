@@ -1,5 +1,6 @@
 """Data helpers: a train/valid pair of data loaders, moving nested batches to a device, batch size."""
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -36,7 +37,15 @@ class DataLoaders:
     def from_dsets(cls, train_ds: Dataset, valid_ds: Dataset, bs: int = 64,
                    collate_fn: Callable | None = None, **kwargs: Any) -> "DataLoaders":
         """Wrap two datasets in `torch.utils.data.DataLoader`s of batch size `bs`; the training one
-        shuffles. `kwargs` go to both loaders (`num_workers`, `pin_memory`, ...)."""
+        shuffles. `kwargs` go to both loaders (`num_workers`, `pin_memory`, ...). An empty training set
+        is an error; an empty validation set a warning (the epochs would have no validation loss)."""
+        if len(train_ds) == 0:
+            raise ValueError(f"the training set is empty (len(train_ds) == 0, a {type(train_ds).__name__}): "
+                             f"there is nothing to train on; check how the data was split or filtered")
+        if len(valid_ds) == 0:
+            warnings.warn(f"the validation set is empty (len(valid_ds) == 0, a {type(valid_ds).__name__}): the "
+                          f"epochs will have no validation loss; for none on purpose, DataLoaders(train_loader, [])",
+                          stacklevel=2)
         return cls(DataLoader(train_ds, batch_size=bs, shuffle=True, collate_fn=collate_fn, **kwargs),
                    DataLoader(valid_ds, batch_size=bs, shuffle=False, collate_fn=collate_fn, **kwargs))
 

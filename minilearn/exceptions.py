@@ -4,12 +4,14 @@ note the loop adds to an exception to say where it came from."""
 import re
 from typing import NamedTuple
 
+import torch
+
 from minilearn.data import describe
 
 __all__ = [
     "CancelFitException", "CancelEpochException", "CancelBatchException",
     "UnknownEventError", "MissingInputError", "LossOutputError", "CheckpointError", "RaisedBy", "loop_note",
-    "where_in_fit", "raised_by",
+    "where_in_fit", "raised_by", "loss_left_unset",
 ]
 
 
@@ -101,3 +103,18 @@ def raised_by(exc: BaseException) -> RaisedBy | None:
             owner = found["cb"] or found["owner"]
             return RaisedBy(None if owner == "no callback" else owner, found["event"])
     return None
+
+
+def loss_left_unset(learn) -> LossOutputError:
+    """The error for a batch whose owner of `get_loss` left `learn.loss` None: the Learner raises it
+    (from the error it caused) when something after `get_loss` fails while `learn.loss` is None, so
+    that the message names the owner rather than the callback that tripped over the None. The note
+    says the owner raised it at get_loss."""
+    owner = learn.step_owners["get_loss"]
+    kept = isinstance(getattr(owner, "loss", None), torch.Tensor)
+    err = LossOutputError(f"{owner.name}.get_loss left learn.loss unset (None)"
+                          + (f"; it set {owner.name}.loss, a tensor, instead" if kept else "")
+                          + ": the owner of get_loss sets learn.loss to the loss of the batch, a 0-dim tensor, "
+                          "which backward, metrics and progress read")
+    err.add_note(loop_note(owner.name, "get_loss", True, where_in_fit(learn, "get_loss")))
+    return err

@@ -14,11 +14,11 @@ from fastcore.foundation import L
 
 from minilearn.callback import Callback, dispatch_table, listeners, method_owner, warn_misspelt_events
 from minilearn.checkpoints.learner_state import load_learner, save_learner
-from minilearn.checkpoints.resume import TrainingPosition, resume_callback
+from minilearn.checkpoints.resume import Resume, TrainingPosition
 from minilearn.distributed import is_main_process
 from minilearn.events import EVENTS, STEPS, TRAIN_BATCH, VALID_BATCH
 from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException, UnknownEventError,
-                                  loop_note, where_in_fit)
+                                  loop_note, loss_left_unset, where_in_fit)
 from minilearn.logprobs.forward_backward import CustomLossResult, LogprobLossFn, forward_backward_custom
 from minilearn.lr_finder import lr_find
 from minilearn.predictions import Predictions, get_preds, top_losses
@@ -29,6 +29,22 @@ __all__ = ["Learner"]
 CallbackArg = Callback | type | Iterable | None
 _PHASE_EVENTS = {p: (f"before_{p}", f"after_{p}", f"cleanup_{p}") for p in ("fit", "epoch", "batch")}
 _CANCELS = (CancelBatchException, CancelEpochException, CancelFitException)
+_AFTER_GET_LOSS = TRAIN_BATCH[TRAIN_BATCH.index("get_loss") + 1:]  # where learn.loss has been set
+
+
+def _check_arguments(model: Any, dls: Any, loss_func: Any) -> None:
+    # At Learner(...), so that a slip shows where it was made rather than at the first batch.
+    if not isinstance(model, torch.nn.Module):
+        swapped = isinstance(dls, torch.nn.Module) and hasattr(model, "train")
+        raise TypeError(f"Learner(model, dls, ...) takes the model first, got {type(model).__name__} as the model"
+                        + (": the model and dls are the wrong way round" if swapped else ": pass a torch.nn.Module"))
+    if not (hasattr(dls, "train") and hasattr(dls, "valid")):
+        raise TypeError(f"dls must have `train` and `valid` iterables of batches, got {type(dls).__name__}: "
+                        f"wrap the loaders, DataLoaders(train_loader, valid_loader)")
+    if isinstance(loss_func, type) or not (loss_func is None or callable(loss_func)):
+        fix = f"an instance, loss_func={loss_func.__name__}()" if isinstance(loss_func, type) else "a callable"
+        raise TypeError(f"loss_func must be a function or a loss module called as loss_func(preds, *targets), got "
+                        f"{loss_func!r}: pass {fix}")
 
 
 def _no_owner(step: str) -> Callable:
@@ -54,6 +70,7 @@ class Learner:
 
     def __init__(self, model: torch.nn.Module, dls: Any, loss_func: Callable | None = None, lr: float = 0.1,
                  opt_func: Callable = torch.optim.SGD, cbs: CallbackArg = None, n_inp: int = 1):
+        _check_arguments(model, dls, loss_func)
         store_attr("model,dls,loss_func,lr,opt_func,n_inp")
         self.opt: torch.optim.Optimizer | None = None
         self.cbs: list[Callback] = []
@@ -141,6 +158,8 @@ class Learner:
         except _CANCELS:
             raise
         except Exception as exc:
+            if self.loss is None and name in _AFTER_GET_LOSS:  # the None failed here; its cause was get_loss
+                raise loss_left_unset(self) from exc
             exc.add_note(loop_note(cb.name if cb else None, name, name in STEPS, where_in_fit(self, name)))
             raise
 
@@ -215,7 +234,9 @@ class Learner:
         with torch.set_grad_enabled(training):
             self._with_events("epoch", self._one_epoch, CancelEpochException)
 
-    def _fit(self, train: bool, valid: bool) -> None:
+    def _fit(self, train: bool, valid: bool, resumer: Resume | None) -> None:
+        if resumer:  # now that every callback's before_fit has run (schedules built, AccelerateCB prepared)
+            resumer.restore(self)
         for self.epoch in self.epochs:
             if train: self.one_epoch(True)
             if valid: self.one_epoch(False)
@@ -233,10 +254,7 @@ class Learner:
         """
         if not isinstance(n_epochs, int) or n_epochs < 0:
             raise ValueError(f"n_epochs must be a whole number >= 0, got {n_epochs!r}")
-        first_epoch = 0
-        if resume is not None:  # read and checked before anything changes
-            resumer = resume_callback(resume)
-            first_epoch, cbs = resumer.first_epoch, [*L(cbs), resumer]
+        resumer = Resume(resume) if resume is not None else None  # read and checked before anything changes
         was_training = self.model.training
         with self.added_cbs(cbs):
             try:
@@ -244,9 +262,10 @@ class Learner:
                     self.lr = lr
                 for group in self.create_opt(fresh=reset_opt).param_groups:
                     group["lr"] = self.lr
-                self.n_epochs, self.epochs = n_epochs, range(first_epoch, n_epochs)
-                self._with_events("fit", lambda: self._fit(train, valid), CancelFitException)
+                self.n_epochs, self.epochs = n_epochs, range(resumer.first_epoch if resumer else 0, n_epochs)
+                self._with_events("fit", lambda: self._fit(train, valid, resumer), CancelFitException)
             finally:
+                self.position.forget_resume()  # a resume the fit ended before reaching
                 self.model.train(was_training)
                 # A fit stopped between backward and zero_grad would leave gradients for the next one to add to.
                 self.model.zero_grad(set_to_none=True)

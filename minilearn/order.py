@@ -59,8 +59,5 @@ class Order:
     SAVE_MODEL = 70
     # Stops the fit after one batch, once every other callback has seen that batch.
     SINGLE_BATCH = 100
-    # Loads a checkpoint at before_fit once every other callback's before_fit has run (schedules
-    # built, AccelerateCB's model and optimizer prepared).
-    RESUME = 1000
     # check_callback's recorder: after the callback under test, to see what it left.
     CHECK_RECORDER = 10_000

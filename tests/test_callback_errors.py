@@ -88,3 +88,36 @@ def test_a_loss_returning_nan_without_terminate_on_nan_is_not_an_error(make_lear
     learn = make_learner(loss_func=lambda preds, y: F.mse_loss(preds, y) * float("nan"))
     learn.fit(1)  # documented: NaN is not checked unless TerminateOnNaNCB is added
     assert torch.isnan(learn.loss)
+
+
+class KeepsItsOwnLoss(Callback):
+    """The textbook slip: a loss owner that stores the loss on itself, not on the learner."""
+    order = 50
+
+    def get_loss(self, learn):
+        self.loss = F.mse_loss(learn.preds, learn.batch[1])
+
+
+def test_a_get_loss_owner_that_leaves_learn_loss_unset_is_named_whoever_trips_over_it(make_learner):
+    from minilearn import LossOutputError
+    from minilearn.callbacks import MetricsCB
+    from minilearn.exceptions import raised_by
+    for cbs in ([KeepsItsOwnLoss(), MetricsCB()], [KeepsItsOwnLoss()]):  # MetricsCB's float(None), backward's None
+        learn = make_learner()
+        with pytest.raises(LossOutputError, match=r"^KeepsItsOwnLoss.get_loss left learn.loss unset \(None\); it set "
+                                                  r"KeepsItsOwnLoss.loss, a tensor, instead: the owner of get_loss "
+                                                  r"sets learn.loss to the loss of the batch, a 0-dim tensor") as err:
+            learn.fit(1, cbs=cbs)
+        assert raised_by(err.value) == ("KeepsItsOwnLoss", "get_loss")
+        assert isinstance(err.value.__cause__, (TypeError, AttributeError))  # what tripped over the None
+        learn.fit(1)  # usable: TrainCB owns get_loss again
+        assert learn.loss is not None
+
+
+def test_a_loss_set_to_none_on_purpose_by_a_cancelled_batch_is_not_blamed_on_get_loss(make_learner):
+    class SkipAll(Callback):
+        def after_predict(self, learn): raise CancelBatchException
+
+    learn = make_learner()
+    learn.fit(1, cbs=SkipAll())
+    assert learn.loss is None

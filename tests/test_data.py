@@ -59,3 +59,12 @@ def test_looks_padded_sees_padding_on_either_side_and_not_rows_of_one_length():
     assert unpadded == 0 and seen >= 900  # of 1000 (it misses batches with fewer than 2 rows padded by 2 or more)
     counting = (torch.randint(0, 12, (16, 1), generator=g) + torch.arange(6)) % 12  # the exercise notebook's rows
     assert looks_padded(counting) is None and looks_padded(torch.zeros(4, 5)) is None
+
+
+def test_from_dsets_refuses_an_empty_training_set_and_warns_of_an_empty_validation_set():
+    full, empty = TensorDataset(torch.zeros(4, 2)), TensorDataset(torch.zeros(0, 2))
+    with pytest.raises(ValueError, match=r"the training set is empty \(len\(train_ds\) == 0, a TensorDataset\)"):
+        DataLoaders.from_dsets(empty, full)
+    with pytest.warns(UserWarning, match=r"the validation set is empty .*no validation loss"):
+        dls = DataLoaders.from_dsets(full, empty)
+    assert len(dls.valid) == 0

@@ -87,3 +87,23 @@ def test_adding_a_callback_with_a_misspelt_event_warns(make_learner):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         learn.add_cbs(tracer())  # correct names: no warning
+
+
+class FastaiNames(Callback):
+    def before_train(self, learn): pass
+    def after_validate(self, learn): pass
+    def after_pred(self, learn): pass
+    def before_step(self, learn): pass
+
+
+def test_fastai_event_names_get_the_name_minilearn_has_for_them(make_learner):
+    assert misspelt_events(FastaiNames()) == {"after_pred": "after_predict", "after_validate": "after_epoch",
+                                              "before_step": "after_backward", "before_train": "before_epoch"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_learner(cbs=FastaiNames())
+    messages = sorted(str(w.message) for w in caught)
+    assert messages[3] == ("FastaiNames.before_train is fastai's name for an event; minilearn calls this "
+                           "'before_epoch' (with learn.training True), so it will never run")
+    assert "minilearn calls this 'after_epoch' (with learn.training False)" in messages[1]
+    assert "did you mean" not in " ".join(messages)

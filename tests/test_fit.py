@@ -169,3 +169,18 @@ def test_zero_epochs_does_nothing_but_is_fine(make_learner):
 def test_fit_with_an_empty_training_loader_runs():
     learn = Learner(nn.Linear(3, 1), regression_dls(n_train=0), F.mse_loss)
     learn.fit(1)
+
+
+def test_learner_arguments_in_the_wrong_order_or_of_the_wrong_kind_are_refused_at_once():
+    model, dls = nn.Linear(3, 1), regression_dls()
+    with pytest.raises(TypeError, match=r"takes the model first, got DataLoaders as the model: the model and dls are "
+                                        r"the wrong way round"):
+        Learner(dls, model, F.mse_loss)
+    with pytest.raises(TypeError, match=r"dls must have `train` and `valid` .* got DataLoader: wrap the loaders"):
+        Learner(model, dls.train, F.mse_loss)
+    with pytest.raises(TypeError, match=r"got <class 'torch.nn.modules.loss.MSELoss'>: pass an instance, "
+                                        r"loss_func=MSELoss\(\)"):
+        Learner(model, dls, nn.MSELoss)
+    with pytest.raises(TypeError, match="got 'mse': pass a callable"):
+        Learner(model, dls, "mse")
+    Learner(model, dls, nn.MSELoss()).fit(1)

@@ -274,3 +274,22 @@ def test_removing_a_kept_accelerate_callback_after_the_user_replaced_the_model_k
     assert "forward" not in vars(first)
     learn.remove_cbs(cb)
     assert learn.model is new_model and "forward" not in vars(new_model)
+
+
+def test_what_kept_callbacks_refresh_is_not_taken_for_something_left_behind():
+    learn = tiny_learner(cbs=[callbacks.MetricsCB(), callbacks.Recorder()])
+    learn.fit(1)
+    before = learner_fingerprint(learn)
+    learn.fit(1)  # a new epoch_metrics row, the same kind of thing
+    assert left_behind(before, learner_fingerprint(learn)) == []
+
+
+def test_a_temporary_callback_that_leaves_its_row_on_the_learner_is_named():
+    class KeepsItsRow(callbacks.MetricsCB):
+        def removed(self, learn): pass
+
+    learn = tiny_learner()
+    learn.fit(1)
+    before = learner_fingerprint(learn)
+    learn.fit(1, cbs=KeepsItsRow())
+    assert left_behind(before, learner_fingerprint(learn)) == ["learn.epoch_metrics was None before fit and a dict after"]

@@ -55,6 +55,5 @@ def test_the_table_keeps_the_relations_it_states():
     # counted and saved, and the count before the save
     assert Order.TERMINATE_ON_NAN < Order.DEVICE < Order.TRAIN
     assert Order.METRICS < Order.RECORDER < Order.PROGRESS
-    assert Order.METRICS < Order.EARLY_STOPPING < Order.SAVE_MODEL < Order.SINGLE_BATCH < Order.RESUME
+    assert Order.METRICS < Order.EARLY_STOPPING < Order.SAVE_MODEL < Order.SINGLE_BATCH < Order.CHECK_RECORDER
     assert Order.METRICS < Order.CSV_LOGGER < Order.SAVE_MODEL and Order.METRICS < Order.TRACKER
-    assert Order.RESUME < Order.CHECK_RECORDER

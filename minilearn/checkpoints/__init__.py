@@ -9,10 +9,10 @@ from minilearn.checkpoints.files import (MANIFEST, atomic_write, check_weights, 
 from minilearn.checkpoints.random_state import (forward_random_state, forward_random_state_kept, loader_generators,
                                                 random_states, set_forward_random_state, set_random_states)
 from minilearn.checkpoints.learner_state import load_learner, restore_learner, save_learner, stateful_callbacks
-from minilearn.checkpoints.resume import ResumeCB, TrainingPosition, resume_callback
+from minilearn.checkpoints.resume import Resume, TrainingPosition
 
 __all__ = ["MANIFEST", "atomic_write", "save_checkpoint", "read_checkpoint", "check_weights", "is_checkpoint",
            "remove_checkpoint", "loader_generators", "random_states", "set_random_states", "forward_random_state",
            "set_forward_random_state", "forward_random_state_kept",
-           "TrainingPosition", "ResumeCB", "resume_callback", "stateful_callbacks", "save_learner", "load_learner",
+           "TrainingPosition", "Resume", "stateful_callbacks", "save_learner", "load_learner",
            "restore_learner"]

@@ -12,15 +12,13 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from minilearn.callback import Callback
 from minilearn.checkpoints.files import read_checkpoint
 from minilearn.checkpoints.learner_state import restore_learner, stateful_callbacks
 from minilearn.checkpoints.random_state import random_states, set_random_states
 from minilearn.distributed import rank, world_size
 from minilearn.exceptions import CheckpointError
-from minilearn.order import Order
 
-__all__ = ["TrainingPosition", "ResumeCB", "resume_callback"]
+__all__ = ["TrainingPosition", "Resume"]
 
 
 class TrainingPosition:
@@ -76,28 +74,34 @@ class TrainingPosition:
         self._resume = None
 
 
-class ResumeCB(Callback):
-    """Added by `fit(resume=path)` for that fit: once every other callback's `before_fit` has run (so
-    schedules exist and AccelerateCB has prepared the model and optimizer), loads the checkpoint's
-    weights, optimizer and callback states, and sets the random states and data position."""
+class Resume:
+    """What `fit(resume=path)` does with the checkpoint at `path`, read and checked when it is made,
+    before the fit changes anything: `first_epoch` is where the fit goes on, and `restore(learn)`,
+    which the fit runs once every callback's `before_fit` has (so schedules exist and AccelerateCB has
+    prepared the model and optimizer), loads the weights, optimizer and callback states, and sets the
+    random states and data position. Its errors come from `fit`, which is what the user called."""
 
-    order = Order.RESUME
-
-    def __init__(self, path, state: dict, weights: dict):
-        self.path, self.state, self.weights = path, state, weights
+    def __init__(self, path: str | os.PathLike):
+        self.state, self.weights = read_checkpoint(path)
+        self.path = path
+        if "opt" not in self.state:
+            raise CheckpointError(f"the checkpoint {path} was saved with with_opt=False: without the optimizer "
+                                  f"state a fit cannot resume exactly; use learn.load(path) and fit afresh")
 
     @property
     def first_epoch(self) -> int:
         """The epoch the resumed fit starts at."""
         return self.state["position"]["epoch"]
 
-    def before_fit(self, learn):
+    def restore(self, learn) -> None:
+        """Put `learn` where the checkpoint was saved (see the class)."""
         point, now = self._this_process(self.state)
         saved = set(self.state["callbacks"])
         present = set(stateful_callbacks(learn.cbs))
         if saved != present:
-            raise ValueError(f"the checkpoint {self.path} holds the state of the callbacks {sorted(saved)}, but this "
-                             f"fit has {sorted(present)}: resume with the callbacks of the run that saved it")
+            raise ValueError(f"fit(resume={str(self.path)!r}): the checkpoint holds the state of the callbacks "
+                             f"{sorted(saved)}, but this fit has {sorted(present)}: pass the callbacks of the run that "
+                             f"saved it (in Learner(cbs=...) or fit(cbs=...))")
         restore_learner(learn, self.state, self.weights, self.path)
         learn.position.resume_at(point, now, learn.dls.train)
 
@@ -115,17 +119,3 @@ class ResumeCB(Callback):
             return state["position"], state["random"]
         mine = ranks[rank()]
         return {**state["position"], "pass_start": mine["pass_start"]}, mine["random"]
-
-    def cleanup_fit(self, learn):
-        learn.position.forget_resume()
-
-
-def resume_callback(path: str | os.PathLike) -> ResumeCB:
-    """The callback that makes a fit resume from the checkpoint at `path` (`fit(resume=path)`); the
-    checkpoint is read and checked now, before the fit changes anything. Its `first_epoch` is where
-    the fit goes on."""
-    state, weights = read_checkpoint(path)
-    if "opt" not in state:
-        raise CheckpointError(f"the checkpoint {path} was saved with with_opt=False: without the optimizer "
-                              f"state a fit cannot resume exactly; use learn.load(path) and fit afresh")
-    return ResumeCB(path, state, weights)

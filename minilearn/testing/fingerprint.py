@@ -3,7 +3,8 @@
 `learner_fingerprint(learn)` before a fit and again after it, then `left_behind(before, after)`, name
 each thing a temporary callback changed and did not put back. What training is meant to change
 (weights, the optimizer's moments, the loop's own state in `minilearn.LOOP_STATE`, a callback's own
-counters) is not part of the fingerprint.
+counters, the values kept callbacks refresh, such as the row `learn.epoch_metrics`) is not part of
+the fingerprint.
 """
 
 from typing import Any
@@ -43,6 +44,19 @@ class _Identity:
         return f"{type(self.obj).__name__} object at {id(self.obj):#x}"
 
 
+class _Kind:
+    """Compares by type, for values a kept callback may refresh with a new object of the same kind."""
+
+    def __init__(self, obj: Any):
+        self.kind = type(obj)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Kind) and other.kind is self.kind
+
+    def __repr__(self) -> str:
+        return f"a {self.kind.__name__}"
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.tolist()
@@ -60,8 +74,9 @@ def learner_fingerprint(learn: Learner) -> dict[str, Any]:
     """What a temporary callback must leave as it found it, each under a readable name: the learner's
     model object, its own `forward` (not a patched one), the model's attributes, mode, parameter
     dtypes, `requires_grad` and hooks; the data loaders, optimizer object, hyperparameters and
-    attributes; the loss, lr and callbacks; every other attribute of the learner; and torch's
-    gradient and autocast switches.
+    attributes; the loss, lr and callbacks; the other attributes of the learner (plain values such as
+    numbers by value, objects by type: a kept MetricsCB puts a new row on `learn.epoch_metrics` every
+    epoch, but a temporary one must leave it None); and torch's gradient and autocast switches.
 
     >>> from minilearn.testing import tiny_learner
     >>> learn = tiny_learner()
@@ -98,7 +113,8 @@ def learner_fingerprint(learn: Learner) -> dict[str, Any]:
     }
     for name, value in vars(learn).items():
         if name not in LOOP_STATE and name not in _NAMED and not name.startswith("_"):
-            fp[f"learn.{name}"] = _plain(value)
+            plain = _plain(value)
+            fp[f"learn.{name}"] = _Kind(value) if isinstance(plain, _Identity) else plain
     return fp
 
 
