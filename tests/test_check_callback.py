@@ -235,3 +235,66 @@ def test_the_tiny_learner_is_the_same_for_the_same_seed_and_leaves_the_global_rn
     assert torch.equal(torch.random.get_rng_state(), state)
     assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
     assert isinstance(a, Learner) and len(a.dls.train) == 2 and len(a.dls.valid) == 1
+
+
+class ClippingNorms(Callback):
+    """Records the gradient norm with clip_grad_norm_, which also clips the gradients in place."""
+
+    def before_fit(self, learn): self.norms = []
+
+    def after_backward(self, learn):
+        self.norms.append(torch.nn.utils.clip_grad_norm_(learn.model.parameters(), 0.05).item())
+
+
+class DoublesTheLoss(Callback):
+    def after_loss(self, learn): learn.loss = learn.loss * 2
+
+
+class NudgesABias(Callback):
+    def after_step(self, learn):
+        with torch.no_grad():
+            learn.model[0].bias.add_(0.01)
+
+
+def test_a_callback_that_clips_the_gradients_passes_unless_it_must_only_observe():
+    assert check_callback(ClippingNorms())
+    report = check_callback(ClippingNorms(), observes=True)
+    assert [c.name for c in report.failed] == ["observes"]
+    explanation = report.failed[0].explanation
+    assert explanation.startswith("ClippingNorms changes what training computes, against the same fit without it: ")
+    assert "the gradient of 0.weight at training batch 0 differs by up to " in explanation
+    assert "after the fit differs by up to" in explanation and "clip_grad_norm_" in explanation
+
+
+@pytest.mark.parametrize("cb, says", [
+    (DoublesTheLoss(), "the loss of training batch 0 is "),
+    (NudgesABias(), "the loss of training batch 1 is "),
+])
+def test_a_callback_that_changes_the_loss_or_the_weights_fails_observes_naming_it(cb, says):
+    explanation = by_name(check_callback(cb, observes=True))["observes"].explanation
+    assert says in explanation and "without;" in explanation
+    without, with_cb = (float(v) for v in explanation.split(says)[1].split(" without")[0].split(" with it, "))
+    assert without != with_cb
+
+
+def dropout_learner():
+    """A tiny learner with dropout and AdamW: an observer's fit must see the same masks and optimizer moments."""
+    learn = tiny_learner()
+    torch.manual_seed(0)
+    learn.model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 3))
+    learn.opt_func = torch.optim.AdamW
+    learn.fit(1)  # the optimizer has moments before the check
+    return learn
+
+
+def test_an_observer_passes_observes_and_the_learner_ends_as_after_one_fit_with_it():
+    learn, alone = dropout_learner(), dropout_learner()
+    torch.manual_seed(1)
+    report = check_callback(LossLogger(), learn, observes=True)
+    after_check = torch.random.get_rng_state()
+    assert report, str(report)
+    assert [c.name for c in report.checks][3:5] == ["fit", "observes"]
+    torch.manual_seed(1)
+    alone.fit(1)
+    assert all(torch.equal(p, q) for p, q in zip(learn.model.parameters(), alone.model.parameters()))
+    assert torch.equal(after_check, torch.random.get_rng_state())  # the fit without it drew from a copy

@@ -1,6 +1,7 @@
 """check_callback: run a callback in a short fit on a tiny Learner and report, check by check, whether it
 speaks the loop's language, which steps it takes over, and whether it leaves the loop as it found it."""
 
+import copy
 import inspect
 import warnings
 from itertools import islice
@@ -75,14 +76,17 @@ def _check_steps(report: CheckReport, cb: Callback, learn: Learner) -> None:
 
 
 class _LoopObserver(Callback):
-    """Looks at the loop after every other callback has run, at each event of a batch, and keeps the
-    first time the model's mode or the gradient switch disagrees with the phase."""
+    """Looks at the loop after every other callback has run, at each event of a batch: keeps the first
+    time the model's mode or the gradient switch disagrees with the phase, and records what training
+    computed (each batch's loss and gradients, the weights after the fit) to compare with a fit
+    without the callback."""
 
     order = Order.CHECK_RECORDER
 
     def __init__(self):
         self.broken: dict[str, str] = {}
         self.batches_seen = 0
+        self.computed: dict[str, list[tuple[str, torch.Tensor]]] = {"loss": [], "gradients": [], "weights": []}
 
     def _look(self, learn: Learner, event: str) -> None:
         phase = "training" if learn.training else "validation"
@@ -99,11 +103,63 @@ class _LoopObserver(Callback):
         self._look(learn, "before_batch")
 
     def after_predict(self, learn): self._look(learn, "after_predict")
-    def after_loss(self, learn): self._look(learn, "after_loss")
-    def after_backward(self, learn): self._look(learn, "after_backward")
-    def after_step(self, learn): self._look(learn, "after_step")
 
+    def after_loss(self, learn):
+        self._look(learn, "after_loss")
+        batch = f"{'training' if learn.training else 'validation'} batch {learn.iter}"
+        self.computed["loss"].append((f"the loss of {batch}", torch.as_tensor(learn.loss).detach().clone()))
+
+    def after_backward(self, learn):
+        self._look(learn, "after_backward")
+        self.computed["gradients"] += [(f"the gradient of {name} at training batch {learn.iter}",
+                                        p.grad.detach().clone())
+                                       for name, p in learn.model.named_parameters() if p.grad is not None]
+
+    def after_step(self, learn): self._look(learn, "after_step")
     def after_batch(self, learn): self._look(learn, "after_batch")
+
+    def after_fit(self, learn):
+        self.computed["weights"] = [(f"{name} after the fit", p.detach().clone())
+                                    for name, p in learn.model.named_parameters()]
+
+
+def _fit_without(learn: Learner) -> _LoopObserver:
+    """What training computes in the same fit without the callback under test: from the same weights,
+    optimizer state and random state, which are put back afterwards."""
+    weights, opt_state = copy.deepcopy(learn.model.state_dict()), copy.deepcopy(learn.opt.state_dict())
+    observer = _LoopObserver()
+    try:
+        with torch.random.fork_rng():
+            learn.fit(1, cbs=observer)
+    finally:
+        learn.model.load_state_dict(weights)
+        learn.opt.load_state_dict(opt_state)
+    return observer
+
+
+def _change(name: str, without: torch.Tensor, with_cb: torch.Tensor) -> str | None:
+    """How `with_cb` differs from `without`, in words, or None when they agree to float64 rounding."""
+    if without.shape != with_cb.shape:
+        return f"{name} is {tuple(with_cb.shape)} with it, {tuple(without.shape)} without"
+    gap, scale = (with_cb.double() - without.double()).abs().max().item(), without.double().abs().max().item()
+    if gap <= 1e-6 * scale + 1e-12:
+        return None
+    if without.numel() == 1:
+        return f"{name} is {with_cb.item():.6g} with it, {without.item():.6g} without"
+    return f"{name} differs by up to {gap:.3g}, " + (f"{100 * gap / scale:.2g}% of its largest value" if scale else
+                                                     "where it is 0 without")
+
+
+def _changes(without: _LoopObserver, with_cb: _LoopObserver) -> list[str]:
+    """The first change of the loss, of the gradients and of the weights, in words."""
+    found = []
+    for kind, computed in without.computed.items():
+        theirs = with_cb.computed[kind]
+        if [name for name, _ in theirs] != [name for name, _ in computed]:
+            found.append(f"{kind}: {len(theirs)} values with it, {len(computed)} without")
+            continue
+        found += [c for c in (_change(name, a, b) for (name, a), (_, b) in zip(computed, theirs)) if c][:1]
+    return found
 
 
 def _origin(exc: BaseException, learn: Learner) -> str:
@@ -118,7 +174,23 @@ def _origin(exc: BaseException, learn: Learner) -> str:
     return f"{method or 'fit'} raised {type(exc).__name__}: {exc} ({where})"
 
 
-def _check_fit(report: CheckReport, cb: Callback, learn: Learner) -> None:
+def _check_observes(report: CheckReport, cb: Callback, without: _LoopObserver | str, with_cb: _LoopObserver,
+                    fit_ran: bool) -> None:
+    if isinstance(without, str):
+        report.add("observes", False, without)
+    elif not fit_ran:
+        report.add("observes", None, f"the fit with {cb.name} did not run to its end")
+    elif changes := _changes(without, with_cb):
+        report.add("observes", False, f"{cb.name} changes what training computes, against the same fit without it: "
+                                      f"{'; '.join(changes)}; a callback that only observes must not write the loss, "
+                                      f"p.grad or the weights (torch.nn.utils.clip_grad_norm_, for one, clips p.grad "
+                                      f"in place)")
+    else:
+        report.add("observes", True, "the losses, gradients and weights of the fit are those of the same fit "
+                                     "without it")
+
+
+def _check_fit(report: CheckReport, cb: Callback, learn: Learner, observes: bool) -> None:
     observer = _LoopObserver()
     if learn.opt is None:
         learn.fit(0)  # builds the optimizer, so that what the callback does to it can be seen
@@ -126,12 +198,21 @@ def _check_fit(report: CheckReport, cb: Callback, learn: Learner) -> None:
     learn.dls = DataLoaders(list(islice(dls.train, 2)), list(islice(dls.valid, 1)))
     before = learner_fingerprint(learn)
     try:
+        without = _fit_without(learn) if observes else None
+    except Exception as e:
+        without = (f"the same fit without {cb.name} raised {type(e).__name__}: {e}; check the learner without the "
+                   f"callback first")
+    try:
         learn.fit(1, cbs=[cb, observer])
         report.add("fit", True, "a fit of two training batches and one validation batch ran")
+        fit_ran = True
     except Exception as e:
         report.add("fit", False, _origin(e, learn))
+        fit_ran = False
     changed = left_behind(before, learner_fingerprint(learn))
     learn.dls = dls
+    if observes:
+        _check_observes(report, cb, without, observer, fit_ran)
     if observer.broken:
         report.add("invariants", False, "; ".join(observer.broken.values()))
     elif observer.batches_seen:
@@ -147,7 +228,7 @@ def _check_fit(report: CheckReport, cb: Callback, learn: Learner) -> None:
                                      "autocast switches are as before fit")
 
 
-def check_callback(cb: Callback, learn: Learner | None = None) -> CheckReport:
+def check_callback(cb: Callback, learn: Learner | None = None, observes: bool = False) -> CheckReport:
     """Check a callback and report each check with pass/fail and a one-line explanation:
 
     - `events`: no method looks like an event or step but is not one (`after_batchs`, `get_losss`):
@@ -157,6 +238,10 @@ def check_callback(cb: Callback, learn: Learner | None = None) -> CheckReport:
       callback, and none it defines is owned by a callback of higher order;
     - `fit`: a fit of two training batches and one validation batch with it runs; an exception is
       named with the callback method and the event it came from;
+    - `observes` (with `observes=True`, for a callback that must only watch training: a logger, a
+      gradient-norm recorder): the loss of every batch, the gradients of every training batch and
+      the weights after the fit are those of the same fit without it, from the same weights and
+      random state; what changed is named, with the batch, the parameter and by how much;
     - `invariants`: during that fit, after every callback has run at each event of a batch, the model
       is in train mode with gradients on in training batches and in eval mode without in validation ones;
     - `restored`: after the fit the learner is as it was (`learner_fingerprint`): its callbacks,
@@ -184,5 +269,5 @@ def check_callback(cb: Callback, learn: Learner | None = None) -> CheckReport:
         # Adding `cb` warns about misspelt events, which the `events` check reports already.
         warnings.simplefilter("ignore", MisspeltEventWarning)
         _check_steps(report, cb, learn)
-        _check_fit(report, cb, learn)
+        _check_fit(report, cb, learn, observes)
     return report
