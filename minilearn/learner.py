@@ -20,7 +20,7 @@ from minilearn.events import EVENTS, STEPS, TRAIN_BATCH, VALID_BATCH
 from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException, UnknownEventError,
                                   loop_note, loss_left_unset, where_in_fit)
 from minilearn.logprobs.forward_backward import CustomLossResult, LogprobLossFn, forward_backward_custom
-from minilearn.lr_finder import lr_find
+from minilearn.lr_finder import SuggestedLRs, lr_find
 from minilearn.predictions import Predictions, get_preds, top_losses
 from minilearn.train import TrainCB
 
@@ -82,6 +82,7 @@ class Learner:
         # What callbacks set for others to read (each puts back its default when it is removed):
         self.epoch_metrics: dict | None = None  # MetricsCB: the row of the epoch phase that just ended
         self.recorder = None  # Recorder: itself, for `learn.recorder.plot_loss()`
+        self.trial_fit = False  # LRFinderCB: True during its fit, a trial whose rows ProgressCB does not show
         # Printing and saving callbacks act only where it is True. AccelerateCB sets it from its Accelerator.
         self.is_main_process = is_main_process()
         # AccelerateCB: True while each process sees only its share of the pass (training under several
@@ -304,10 +305,10 @@ class Learner:
         return top_losses(self, k, dl)
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
-                show_plot: bool = True, method: str = "valley") -> float:
-        """The learning-rate range test (`minilearn.lr_finder.lr_find`); returns the lr that `method`
-        (`"valley"`, `"steep"`, `"minimum"`) chooses from the loss curve."""
-        return lr_find(self, start_lr, end_lr, num_it, show_plot, method)
+                show_plot: bool = True) -> SuggestedLRs:
+        """The learning-rate range test (`minilearn.lr_finder.lr_find`); returns `SuggestedLRs`, the lr
+        each of fastai's rules reads off the loss curve (`.steep` is the one to try first)."""
+        return lr_find(self, start_lr, end_lr, num_it, show_plot)
 
     def show_batch(self, dl: Any = None, n: int = 9, show: Callable | None = None, vocab: list[str] | None = None):
         """Draw the first `n` items of a batch of `dl` (default `dls.train`) captioned with their targets:

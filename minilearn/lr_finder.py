@@ -1,46 +1,64 @@
-"""The learning-rate range test behind `Learner.lr_find`: `LRFinderCB`, `lr_find`, and the ways of
-choosing one learning rate from its curve (fastai's `valley`, `steep` and `minimum`)."""
+"""The learning-rate range test behind `Learner.lr_find`: `LRFinderCB`, `lr_find`, and fastai's four
+ways of reading one learning rate off its curve (`steep`, `valley`, `slide`, `minimum`), which give
+fastai's numbers on the same curve (tests/test_lr_find.py checks them against fastai's own)."""
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import matplotlib
+from fastprogress.core import in_notebook
 
 from minilearn.callback import Callback
 from minilearn.exceptions import CancelFitException
 from minilearn.order import Order
 
-__all__ = ["LRFinderCB", "lr_find", "valley", "steep", "minimum", "SUGGESTIONS"]
-
-
-def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
-    """The lr halfway along the longest valley: the longest run of points, in lr order, each with a
-    lower loss than the one before (not necessarily adjacent). It sits in the long stretch where the
-    loss keeps falling, away from the noisy start and from the minimum, past which the loss blows up.
-    fastai's default.
-
-    >>> valley([1, 2, 3, 4, 5, 6, 7], [5.0, 4.0, 6.0, 3.0, 2.0, 1.0, 9.0])  # valley 5, 4, 3, 2, 1: indices 0 to 5
-    3
-    """
-    n = len(losses)
-    length, start = [1] * n, list(range(n))  # of the longest valley ending at each point
-    for i in range(n):
-        for j in range(i):
-            if losses[j] > losses[i] and length[j] + 1 > length[i]:
-                length[i], start[i] = length[j] + 1, start[j]
-    end = max(range(n), key=lambda i: (length[i], -i))  # the longest; the first of equals
-    return lrs[start[end] + (end - start[end]) // 2]
+__all__ = ["LRFinderCB", "lr_find", "SuggestedLRs", "steep", "valley", "slide", "minimum"]
 
 
 def steep(lrs: Sequence[float], losses: Sequence[float]) -> float:
-    """The lr where the loss falls fastest per unit of log lr (a central difference), looking only
-    before the loss's minimum.
+    """The lr where the loss falls fastest per unit of log lr: the left end of the steepest step.
 
-    >>> steep([1, 10, 100, 1000, 10000, 100000], [5.0, 4.0, 1.5, 1.4, 1.3, 9.0])
+    >>> steep([1, 10, 100, 1000], [5.0, 4.0, 1.5, 9.0])
     10
     """
-    end = max(min(range(len(losses)), key=losses.__getitem__), 2)
-    slopes = [(losses[i + 1] - losses[i - 1]) / (math.log(lrs[i + 1]) - math.log(lrs[i - 1])) for i in range(1, end)]
-    return lrs[1 + min(range(len(slopes)), key=slopes.__getitem__)]
+    slopes = [(losses[i + 1] - losses[i]) / (math.log(lrs[i + 1]) - math.log(lrs[i])) for i in range(len(losses) - 1)]
+    return lrs[slopes.index(min(slopes))]
+
+
+def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """fastai's default: about halfway along the longest valley, the longest run of points (in lr
+    order, not necessarily adjacent) each lower than the one before, taken as the `n` points that end
+    where that run ends.
+
+    >>> valley([1, 2, 3, 4, 5, 6, 7], [5.0, 4.0, 6.0, 3.0, 2.0, 1.0, 9.0])  # 5, 4, 3, 2, 1: 5 points ending at index 5
+    2
+    """
+    longest: list[int] = []  # of the runs ending at each point
+    for i, loss in enumerate(losses):
+        longest.append(1 + max((longest[j] for j in range(i) if losses[j] > loss), default=0))
+    end = longest.index(max(longest))
+    start = end - longest[end]  # fastai's start: one before the run's first point, were it contiguous
+    third = (end - start) / 3
+    return lrs[max(start + int(third) + int(third / 2), 0)]  # fastai wraps a 2-point run round to the last lr
+
+
+def slide(lrs: Sequence[float], losses: Sequence[float], lr_diff: int = 15, thresh: float = 0.005) -> float:
+    """fastai's interval slide rule: slide a window of `lr_diff` points from the end of the curve towards
+    the start while the slopes (per point) at its two ends differ by more than `thresh`; the lr at the
+    window's left end where they first agree, the last flat stretch before the loss takes off.
+
+    >>> slide([1, 2, 3, 4, 5], [1.0, 1.0, 1.0, 1.0, 3.0], lr_diff=2, thresh=0.1)
+    2
+    """
+    n = len(losses)
+    slope = [losses[1] - losses[0], *((losses[i + 1] - losses[i - 1]) / 2 for i in range(1, n - 1)), losses[-1] - losses[-2]]
+    right, left = n - 1, max(n - 1 - lr_diff, 0)  # fastai raises on a curve shorter than the window
+    lr = lrs[left]
+    while left >= 0 and abs(slope[right] - slope[left]) > thresh:
+        lr, right, left = lrs[left], right - 1, left - 1
+    return lr
 
 
 def minimum(lrs: Sequence[float], losses: Sequence[float]) -> float:
@@ -49,18 +67,37 @@ def minimum(lrs: Sequence[float], losses: Sequence[float]) -> float:
     >>> minimum([1.0, 10.0, 100.0], [3.0, 1.0, 2.0])
     1.0
     """
-    return lrs[min(range(len(losses)), key=losses.__getitem__)] / 10
+    return lrs[losses.index(min(losses))] / 10
 
 
-# The ways `LRFinderCB.suggestion` and `lr_find` choose one learning rate, by name.
-SUGGESTIONS: dict[str, Callable[[Sequence[float], Sequence[float]], float]] = {
-    "valley": valley, "steep": steep, "minimum": minimum}
+class SuggestedLRs(NamedTuple):
+    """What `learn.lr_find()` returns: the learning rate each of fastai's rules reads off the curve,
+    like fastai's `SuggestedLRs`. `steep` comes first: it is the one that trained best on the curves
+    measured in tests/bench/lr_find_suggestions.py, where fastai's default `valley` was often far too low.
+
+    >>> SuggestedLRs(steep=0.0182, valley=1.2e-4, slide=3e-3, minimum=0.03)
+    SuggestedLRs(steep=1.82e-02, valley=1.20e-04, slide=3.00e-03, minimum=3.00e-02)
+    """
+
+    steep: float
+    valley: float
+    slide: float
+    minimum: float
+
+    def __repr__(self) -> str:
+        return "SuggestedLRs(" + ", ".join(f"{name}={lr:.2e}" for name, lr in self._asdict().items()) + ")"
+
+
+_RULES = {"steep": steep, "valley": valley, "slide": slide, "minimum": minimum}
+# A backend that only draws into a file or a buffer has no window to show a plot in.
+_NON_INTERACTIVE_BACKENDS = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
 
 
 class LRFinderCB(Callback):
     """Raise the learning rate exponentially from `start_lr` to `end_lr` over `num_it` training
-    batches, recording the loss, and stop early once the loss exceeds `stop_factor` times the best
-    seen. The model weights and optimizer state are restored when the fit ends, however it ends.
+    batches, recording the loss, and stop early once the smoothed loss exceeds `stop_factor` times the
+    best smoothed loss (fastai's rule). The model weights and optimizer state are restored when the
+    fit ends, however it ends. While it runs `learn.trial_fit` is True, so progress shows no table.
 
     Use it through `learn.lr_find()`; `lrs` and `losses` hold what it recorded.
     """
@@ -81,6 +118,7 @@ class LRFinderCB(Callback):
         self.model_state = copy.deepcopy(learn.model.state_dict())
         self.opt_state = copy.deepcopy(learn.opt.state_dict())
         self.lrs, self.losses, self.best = [], [], math.inf
+        self.was_trial_fit, learn.trial_fit = learn.trial_fit, True
 
     def before_batch(self, learn):
         i = len(self.lrs)
@@ -90,58 +128,84 @@ class LRFinderCB(Callback):
         self.lrs.append(lr)
 
     def after_loss(self, learn):
-        loss = learn.loss.item()
-        self.losses.append(loss)
-        self.best = min(self.best, loss)
-        if len(self.lrs) >= self.num_it or not math.isfinite(loss) or loss > self.stop_factor * self.best:
+        self.losses.append(learn.loss.item())
+        smoothed = self.smoothed_losses()[-1]
+        self.best = min(self.best, smoothed)
+        if len(self.lrs) >= self.num_it or not math.isfinite(smoothed) or smoothed > self.stop_factor * self.best:
             raise CancelFitException()
 
     def cleanup_fit(self, learn):
         learn.model.load_state_dict(self.model_state)
         learn.opt.load_state_dict(self.opt_state)
+        learn.trial_fit = self.was_trial_fit
 
     def smoothed_losses(self, beta: float = 0.98) -> list[float]:
-        """The recorded losses smoothed by a bias-corrected exponential moving average."""
+        """The recorded losses smoothed by a bias-corrected exponential moving average (fastai's)."""
         avg, out = 0.0, []
         for i, loss in enumerate(self.losses, 1):
             avg = beta * avg + (1 - beta) * loss
             out.append(avg / (1 - beta**i))
         return out
 
-    def suggestion(self, method: str = "valley") -> float:
-        """One learning rate from the smoothed curve, chosen by `method`: `"valley"` (the default),
-        `"steep"` or `"minimum"` (see `SUGGESTIONS`)."""
-        if method not in SUGGESTIONS:
-            raise ValueError(f"unknown lr_find method {method!r}: choose one of {sorted(SUGGESTIONS)}")
+    def curve(self) -> tuple[list[float], list[float]]:
+        """The part of the smoothed curve the rules read, as fastai's `lr_find` cuts it: without the
+        first tenth of `num_it` (the loss has not moved yet), the last 5 points (the blow-up), and
+        anything from the first loss that is not a number."""
         losses = self.smoothed_losses()
-        if len(losses) < 3:
-            raise ValueError(f"lr_find recorded {len(losses)} losses; it needs at least 3 to suggest a learning rate")
-        return SUGGESTIONS[method](self.lrs[:len(losses)], losses)
+        first_nan = next((i for i, loss in enumerate(losses) if math.isnan(loss)), len(losses))
+        keep = slice(self.num_it // 10, min(len(losses) - 5, first_nan))
+        return self.lrs[keep], losses[keep]
 
-    def plot(self, method: str = "valley"):
-        """Plot the smoothed loss against the learning rate on a log axis, the lr `method` chooses
-        marked; returns the matplotlib axes."""
+    def suggestions(self) -> SuggestedLRs:
+        """The learning rate each rule reads off `curve()`."""
+        lrs, losses = self.curve()
+        if len(losses) < 3:
+            raise ValueError(f"lr_find recorded {len(self.losses)} losses, {len(losses)} once the first "
+                             f"num_it // 10 = {self.num_it // 10} and the last 5 are left out; it needs at least 3 "
+                             "to suggest a learning rate: raise num_it, or lower start_lr if the loss blew up early")
+        return SuggestedLRs(**{name: rule(lrs, losses) for name, rule in _RULES.items()})
+
+    def plot(self):
+        """Plot the smoothed loss against the learning rate on a log axis, without its last 5 points
+        (fastai's view), with a dot at each suggestion; returns the matplotlib axes."""
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(6, 4))
-        n = len(self.losses)
-        ax.plot(self.lrs[:n], self.smoothed_losses())
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate (log scale)")
-        ax.set_ylabel("loss (smoothed)")
-        if n >= 3:
-            lr = self.suggestion(method)
-            ax.axvline(lr, color="red", linestyle="--", label=f"{method}: lr {lr:.2e}")
-            ax.legend()
+        n = max(len(self.losses) - 5, 1)
+        ax.plot(self.lrs[:n], self.smoothed_losses()[:n])
+        ax.set(xscale="log", xlabel="learning rate (log scale)", ylabel="loss (smoothed)")
+        lrs, losses = self.curve()
+        if len(losses) >= 3:
+            for name, lr in self.suggestions()._asdict().items():
+                ax.plot(lr, _loss_at(lr, lrs, losses), "o", label=f"{name}: {lr:.2e}")
+            ax.legend(loc="best")
         return ax
 
+    def show_plot(self, path: str = "lr_find.png") -> None:
+        """`plot()` where it can be seen: in a notebook, or a window under an interactive matplotlib
+        backend. Elsewhere (a script under the `agg` backend, CI) save it to `path` and say so."""
+        import matplotlib.pyplot as plt
+        ax = self.plot()
+        if in_notebook():
+            return  # the notebook shows the figure under the cell
+        if matplotlib.get_backend().lower() not in _NON_INTERACTIVE_BACKENDS:
+            plt.show()
+            return
+        ax.figure.savefig(path, bbox_inches="tight")
+        plt.close(ax.figure)
+        print(f"lr_find: matplotlib's {matplotlib.get_backend()!r} backend has no window, so the plot was "
+              f"saved to {path} (show_plot=False skips it)", flush=True)
 
-def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, show_plot: bool = True,
-            method: str = "valley") -> float:
-    """Run `LRFinderCB` on `learn` for up to `num_it` training batches (as many epochs as that takes),
-    then return the learning rate `method` chooses (`"valley"`, `"steep"` or `"minimum"`); see
-    `Learner.lr_find`. A learner that had no optimizer has none again afterwards."""
-    if method not in SUGGESTIONS:
-        raise ValueError(f"unknown lr_find method {method!r}: choose one of {sorted(SUGGESTIONS)}")
+
+def _loss_at(lr: float, lrs: list[float], losses: list[float]) -> float:
+    # The curve's loss at `lr` (minimum's lr is a tenth of a recorded one): the nearest recorded point.
+    return losses[min(range(len(lrs)), key=lambda i: abs(math.log(lrs[i] / lr)))]
+
+
+def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
+            show_plot: bool = True) -> SuggestedLRs:
+    """Run `LRFinderCB` on `learn` for up to `num_it` training batches (as many epochs as that takes)
+    and return the learning rate each rule suggests; see `Learner.lr_find`. A learner that had no
+    optimizer has none again afterwards."""
     had_opt = learn.opt is not None
     finder = LRFinderCB(start_lr, end_lr, num_it)
     try:
@@ -153,6 +217,7 @@ def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 1
     finally:
         if not had_opt:
             learn.opt = None
-    if show_plot:
-        finder.plot(method)
-    return finder.suggestion(method)
+    suggestions = finder.suggestions()
+    if show_plot and learn.is_main_process:
+        finder.show_plot()
+    return suggestions
