@@ -1,6 +1,7 @@
 """check_loss: deliberately wrong losses fail the right check with the right explanation, correct ones
 (the plug-in losses among them) pass, and the report reads well in a notebook and a terminal."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -370,3 +371,26 @@ def test_a_float32_value_is_compared_with_a_float64_reference_as_a_number():
                         reference=lambda logits, target_tokens: F.cross_entropy(logits.transpose(1, 2), target_tokens))
     assert by_name(report)["reference"].passed      # the value agrees; gradcheck says why float32 is too coarse
     assert [c.name for c in report.failed] == ["gradcheck"]
+
+
+@pytest.mark.parametrize("holder", [float, torch.tensor, lambda v: torch.tensor([v]), lambda v: torch.tensor([[v]]),
+                                    np.float32, np.float64, np.array],
+                         ids=["float", "0-dim", "1-element", "1x1", "np.float32", "np.float64", "0-dim array"])
+def test_add_close_compares_numbers_whatever_holds_them(holder):
+    report = CheckReport("norms").add_close("norm", holder(0.75), 0.75).add_close("norms", [holder(0.5), holder(2.0)],
+                                                                                    [0.5, 2.0])
+    assert report, str(report)
+    assert CheckReport("norms").add_close("norms", torch.tensor([0.5, 2.0]), (0.5, 2.0))  # a 1-dim tensor of them
+    failed = CheckReport("norms").add_close("norms", [holder(0.5), holder(2.5)], [0.5, 2.0]).failed
+    assert failed[0].explanation == "norms[1] is 2.5 but 2 is expected (rtol 1e-05)"
+
+
+@pytest.mark.parametrize("got, says", [
+    ([0.5, torch.tensor([2.0, 1.0])], "norms[1] is a tensor of shape (2,), not one number (expected 2)"),
+    (None, "norms is NoneType None, not a sequence of numbers (expected [0.5, 2.0])"),
+    ([0.5], "norms holds 1 number where 2 are expected: [0.5] against [0.5, 2.0]"),
+    ([0.5, "2.0"], "norms[1] is str '2.0', not one number (expected 2)"),
+])
+def test_add_close_names_what_is_not_a_number_where_one_is_expected(got, says):
+    report = CheckReport("norms").add_close("norms", got, [0.5, 2.0])
+    assert not report and report.failed[0].explanation == says

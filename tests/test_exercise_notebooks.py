@@ -2,6 +2,8 @@
 its check cell with the checker's message (CheckFailed naming the unfinished code), not with a
 traceback from inside minilearn; an exercise and its solution differ only in the cells to fill in."""
 
+import ast
+
 import nbformat
 import pytest
 from nbclient.exceptions import CellExecutionError
@@ -37,6 +39,15 @@ def test_exercise_and_solution_differ_only_in_the_cells_to_fill_in(name):
         else:
             assert ex.source == sol.source
     assert to_fill >= 1
+
+
+@pytest.mark.parametrize("folder", ["exercises", "solutions"])
+@pytest.mark.parametrize("name", NAMES)
+def test_every_assert_says_what_failed(name, folder):
+    # A bare `assert` fails a cell with an empty AssertionError; checker reports end in raise_if_failed().
+    bare = [ast.unparse(node) for cell in read(folder, name).cells if cell.cell_type == "code"
+            for node in ast.walk(ast.parse(cell.source)) if isinstance(node, ast.Assert) and node.msg is None]
+    assert not bare, f"{folder}/{name}: asserts without a message: {bare}"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,7 +1,11 @@
 """CheckReport: the result of a checker, as a table in a notebook and as plain text in a terminal."""
 
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import torch
 
 __all__ = ["Check", "CheckReport", "CheckFailed"]
 
@@ -23,6 +27,55 @@ class Check:
     def result(self) -> str:
         """`"pass"`, `"FAIL"` or `"skip"`."""
         return {True: "pass", False: "FAIL", None: "skip"}[self.passed]
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _as_number(value: Any) -> float | None:
+    """`value` as a Python number whatever holds it (a 0-dim or one-element tensor, a numpy scalar, a
+    Python number), or None when it is not one number."""
+    if isinstance(value, (str, bytes)):
+        return None
+    try:
+        t = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return t.item() if t.numel() == 1 and not t.is_complex() else None
+
+
+def _as_numbers(value: Any) -> list | None:
+    """The items of a list, a tuple or a 1-dim tensor or array; None for anything else."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return list(value) if getattr(value, "ndim", None) == 1 else None
+
+
+def _closeness(name: str, got: Any, expected: Any, rtol: float, atol: float) -> tuple[bool, str]:
+    """Whether `got` equals `expected` as numbers, and what was found, in words."""
+    if isinstance(expected, (list, tuple)):
+        items = _as_numbers(got)
+        want = [round(float(e), 6) for e in expected]
+        if items is None:
+            return False, f"{name} is {_describe(got)}, not a sequence of numbers (expected {want})"
+        if len(items) != len(expected):
+            return False, (f"{name} holds {len(items)} number{'s' * (len(items) != 1)} where {len(expected)} are "
+                           f"expected: {items} against {want}")
+        for i, (g, e) in enumerate(zip(items, expected)):
+            same, why = _closeness(f"{name}[{i}]", g, e, rtol, atol)
+            if not same:
+                return False, why
+        return True, f"{name} {[round(_as_number(g), 6) for g in items]} equal the expected {want}"
+    number, want = _as_number(got), float(expected)
+    if number is None:
+        return False, f"{name} is {_describe(got)}, not one number (expected {want:.6g})"
+    if abs(number - want) > atol + rtol * abs(want):
+        return False, f"{name} is {number:.8g} but {want:.8g} is expected (rtol {rtol:g})"
+    return True, f"{name} is {number:.6g} as expected"
 
 
 _RESULT_STYLE = {"pass": "color:#1a7f37", "FAIL": "color:#cf222e;font-weight:bold", "skip": "color:#6e7781"}
@@ -53,6 +106,21 @@ class CheckReport:
         """Append a check (also for exercise-specific checks of your own); returns the report."""
         self.checks.append(Check(name, None if passed is None else bool(passed), explanation))
         return self
+
+    def add_close(self, name: str, got: Any, expected: float | Sequence[float], rtol: float = 1e-5,
+                  atol: float = 1e-8) -> "CheckReport":
+        """Append a check that `got` equals `expected` (a number or a list of numbers) as numbers,
+        whatever holds them: Python numbers, numpy scalars, 0-dim or one-element tensors, and for a
+        list, a list, tuple or 1-dim tensor of them. What is not a number where one is expected (a
+        tensor of two elements, None) fails, named with its type or shape. Returns the report.
+
+        >>> report = CheckReport("norms").add_close("norms", [torch.tensor(0.5), 1.25], [0.5, 1.25])
+        >>> report.add_close("loss", torch.ones(2), 1.0).checks[1].explanation
+        'loss is a tensor of shape (2,), not one number (expected 1)'
+        >>> report.checks[0].explanation
+        'norms [0.5, 1.25] equal the expected [0.5, 1.25]'
+        """
+        return self.add(name, *_closeness(name, got, expected, rtol, atol))
 
     @property
     def failed(self) -> list[Check]:
