@@ -387,7 +387,7 @@ def test_add_close_compares_numbers_whatever_holds_them(holder):
 
 @pytest.mark.parametrize("got, says", [
     ([0.5, torch.tensor([2.0, 1.0])], "norms[1] is a tensor of shape (2,), not one number (expected 2)"),
-    (None, "norms is NoneType None, not a sequence of numbers (expected [0.5, 2.0])"),
+    (None, "norms is None, not a sequence of numbers (expected [0.5, 2.0])"),
     ([0.5], "norms holds 1 number where 2 are expected: [0.5] against [0.5, 2.0]"),
     ([0.5, "2.0"], "norms[1] is str '2.0', not one number (expected 2)"),
 ])
