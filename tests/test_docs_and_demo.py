@@ -2,6 +2,7 @@
 
 import doctest
 import importlib
+import importlib.metadata
 import importlib.util
 import os
 import pkgutil
@@ -21,7 +22,8 @@ import minilearn
 import minilearn.callbacks
 from minilearn import DataLoaders, Learner
 from minilearn.__main__ import build_parser
-from minilearn.demo.run import NextTokenScoreCB, key_token_accuracy, lm_batch
+from minilearn.demo.corpus import python_sources
+from minilearn.demo.run import NextTokenScoreCB, key_token_accuracy, lm_batch, plot_scores
 from minilearn.losses import KeyTokenWeightedLoss
 from minilearn.demo.tiny_model import TinyCausalLM
 
@@ -87,7 +89,52 @@ def test_demo_runs_writes_the_plot_and_prints_the_table(tmp_path):
     assert out.returncode == 0, out.stderr
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
     assert "phase" in out.stdout and "mean_sample_weight" in out.stdout
+    # It says what it trained on, so that its figures can be reproduced.
+    version = importlib.metadata.version("numpy")
+    assert re.search(rf"corpus: 40,000 characters \(sha256 [0-9a-f]{{12}}\) from \d+ files of numpy {version}", out.stdout)
+    assert all(f in out.stdout for f in python_sources("numpy", max_chars=40_000)[1])
+    assert re.search(r"^0 +train ", out.stdout, re.M)  # epochs counted from 0, as in the plot
     assert re.search(r"key-token accuracy: plain cross-entropy [\d.]+, key-token weighted [\d.]+", out.stdout)
+
+
+def test_the_demo_plot_numbers_epochs_as_the_tables_do(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at its curves
+    history = [{"epoch": e, "plain_valid_loss": 3.0 - e, "key_token_accuracy": 0.2 * e, "key_tokens": 9} for e in (0, 1)]
+    plot_scores({"plain": history, "weighted": history}, ["np"], tmp_path / "plot.png")
+    lines = [line for ax in figures[0].axes for line in ax.lines]
+    assert len(lines) == 4 and all(list(line.get_xdata()) == [0, 1] for line in lines)
+
+
+def write_package(root: Path, name: str, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        (root / name / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / name / rel).write_text(text)
+    (root / name / "__init__.py").touch()
+
+
+def test_the_demo_corpus_is_one_package_densest_files_first_whatever_else_is_installed(tmp_path, monkeypatch):
+    use = "import numpy as np\n"
+    dense, sparse = use + "np.a\n" * 20, use + "x = 1\n" * 40 + "np.b\n"
+    write_package(tmp_path, "codepkg", {"sparse.py": sparse, "sub/dense.py": dense, "plain.py": "x = 1\n"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    text, files = python_sources("codepkg")
+    assert files == ["codepkg/sub/dense.py", "codepkg/sparse.py"] and text == dense + "\n" + sparse
+    assert python_sources("codepkg", max_chars=len(dense) + 5) == ((dense + "\n" + sparse)[:len(dense) + 5], files)
+    assert python_sources("codepkg", max_chars=len(dense) - 1) == (dense[:-1], files[:1])
+    # Another package next to it, however dense, changes nothing: the old corpus read all of site-packages.
+    write_package(tmp_path, "otherpkg", {"denser.py": use + "np.c\n" * 50})
+    assert python_sources("codepkg") == (text, files)
+
+
+def test_the_demo_corpus_names_the_package_it_cannot_read(tmp_path, monkeypatch):
+    write_package(tmp_path, "nonumpy", {"a.py": "x = 1\n"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="'no_such_package' is not one"):
+        python_sources("no_such_package")
+    with pytest.raises(FileNotFoundError, match=r"no \.py file of 'nonumpy' .* contains any of \('import numpy as np',\)"):
+        python_sources("nonumpy")
 
 
 def test_demo_help_shows_every_option_with_its_default():

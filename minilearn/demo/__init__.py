@@ -1,6 +1,6 @@
-"""The demo behind `python -m minilearn demo`, with what it is made of: a code corpus read from the
-installed packages and its tokenizer (`corpus`), a small causal transformer (`tiny_model`), and the
-run itself (`run`). Tests and notebooks use the same pieces.
+"""The demo behind `python -m minilearn demo`, with what it is made of: a code corpus read from an
+installed package (numpy's sources) and its tokenizer (`corpus`), a small causal transformer
+(`tiny_model`), and the run itself (`run`). Tests and notebooks use the same pieces.
 
 >>> from minilearn.demo import TinyCausalLM, CodeTokenizer
 """

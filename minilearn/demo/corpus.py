@@ -1,11 +1,12 @@
-"""A code corpus that needs no download: Python sources of installed packages, and a tokenizer.
+"""A code corpus that needs no download: the Python sources of one installed package, and a tokenizer.
 
-The demo trains a small language model on code that uses numpy (and pandas, where installed),
-read from the site-packages of the running interpreter.
+The demo trains a small language model on numpy's own sources (its tests use `np.` densely). Reading one
+named package, not all of site-packages, makes the corpus depend on that package's version only, not on
+whatever else happens to be installed, so a run's figures reproduce.
 """
 
+import importlib.util
 import re
-import sysconfig
 from collections import Counter
 from pathlib import Path
 
@@ -18,12 +19,22 @@ __all__ = ["python_sources", "CodeTokenizer", "lm_chunks"]
 _TOKEN = re.compile(r"[A-Za-z_][A-Za-z_0-9]*|\d+|\n|[ ]+|.")
 
 
-def python_sources(markers: tuple[str, ...] = ("import numpy as np", "import pandas as pd"),
-                   max_chars: int = 2_000_000, root: str | Path | None = None) -> str:
-    """Concatenate the installed `.py` files that contain one of `markers`, those that use the
-    marked names (`np.`, `pd.`) most densely first, up to about `max_chars` characters. The order is
-    fixed for a given set of installed packages. `root` defaults to this interpreter's site-packages."""
-    root = Path(root) if root is not None else Path(sysconfig.get_paths()["purelib"])
+def python_sources(package: str = "numpy", markers: tuple[str, ...] = ("import numpy as np",),
+                   max_chars: int = 2_000_000) -> tuple[str, list[str]]:
+    """The `.py` files of the installed `package` that contain one of `markers`, those that use the
+    marked names (`np.` for `import numpy as np`) most densely first, joined up to `max_chars`
+    characters: returns `(text, files)`, `files` being the paths used relative to site-packages
+    (`"numpy/_core/tests/test_ufunc.py"`, ...). The text depends only on the package's version.
+
+    >>> text, files = python_sources(max_chars=10_000)
+    >>> len(text), files[0].startswith("numpy/")
+    (10000, True)
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"python_sources reads the .py files of an installed package, but {package!r} is "
+                                  f"not one (no such package, or a single module)")
+    root = Path(spec.submodule_search_locations[0])
     names = [m.rsplit(" ", 1)[-1] + "." for m in markers]  # "import numpy as np" -> "np."
     found = []
     for path in sorted(root.rglob("*.py")):
@@ -33,16 +44,17 @@ def python_sources(markers: tuple[str, ...] = ("import numpy as np", "import pan
             continue
         if any(m in text for m in markers):
             density = sum(text.count(n) for n in names) / max(len(text), 1)
-            found.append((-density, str(path), text))
+            found.append((-density, path.relative_to(root.parent).as_posix(), text))
     if not found:
-        raise FileNotFoundError(f"no .py file under {root} contains any of {markers}")
-    parts, total = [], 0
-    for _, _, text in sorted(found):
+        raise FileNotFoundError(f"no .py file of {package!r} (under {root}) contains any of {markers}")
+    parts, files, total = [], [], 0
+    for _, name, text in sorted(found):
         parts.append(text)
-        total += len(text)
+        files.append(name)
+        total += len(text) + 1
         if total >= max_chars:
             break
-    return "\n".join(parts)[:max_chars]
+    return "\n".join(parts)[:max_chars], files
 
 
 class CodeTokenizer:
