@@ -1,11 +1,10 @@
-"""lr_find: the exponential schedule, a bit-for-bit restore, fastai's four rules (against a float64
-transcription of fastai's code, and against fastai itself where it is installed), and a plot only
+"""lr_find: the exponential schedule, a bit-for-bit restore, fastai's four rules (against fastai's
+own code, in float64 and in float32 as its lr_find runs them), and a plot only
 where it can be seen."""
 
 import math
 
 import matplotlib
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,45 +25,19 @@ def state(learn):
     return {k: v.clone() for k, v in learn.model.state_dict().items()}
 
 
-# ---- fastai's rules, transcribed from fastai.callback.schedule (2.8) line by line, in float64 ----
+# ---- the reference: fastai's own rules (fastai.callback.schedule), installed without its
+# dependencies by .ci/run: `pip install --no-deps fastai fasttransform "plum-dispatch<2.10" beartype
+# fastdownload` (its full install would replace torch) ----
 
-def fastai_valley(lrs, losses):
-    n = len(losses)
-    max_start, max_end = 0, 0
-    lds = [1] * n
-    for i in range(1, n):
-        for j in range(0, i):
-            if losses[i] < losses[j] and lds[i] < lds[j] + 1:
-                lds[i] = lds[j] + 1
-            if lds[max_end] < lds[i]:
-                max_end = i
-                max_start = max_end - lds[max_end]
-    sections = (max_end - max_start) / 3
-    return lrs[max_start + int(sections) + int(sections / 2)]
-
-
-def fastai_slide(lrs, losses, lr_diff=15, thresh=0.005):
-    loss_grad = np.gradient(np.asarray(losses, dtype=np.float64))
-    r_idx, l_idx = -1, -1 - lr_diff
-    local_min_lr = lrs[l_idx]
-    while l_idx >= -len(losses) and abs(loss_grad[r_idx] - loss_grad[l_idx]) > thresh:
-        local_min_lr = lrs[l_idx]
-        r_idx -= 1
-        l_idx -= 1
-    return local_min_lr
-
-
-def fastai_minimum(lrs, losses):
-    return lrs[int(np.argmin(losses))] / 10
-
-
-def fastai_steep(lrs, losses):
-    lrs, losses = np.asarray(lrs, dtype=np.float64), np.asarray(losses, dtype=np.float64)
-    grads = (losses[1:] - losses[:-1]) / (np.log(lrs[1:]) - np.log(lrs[:-1]))
-    return lrs[int(np.argmin(grads))]
-
-
-FASTAI = {"steep": fastai_steep, "valley": fastai_valley, "slide": fastai_slide, "minimum": fastai_minimum}
+def fastai_rule(name):
+    """fastai's rule `name` as `rule(lrs, losses) -> lr`, run in float64."""
+    schedule = pytest.importorskip("fastai.callback.schedule",
+                                   reason="fastai is the reference: pip install --no-deps fastai fasttransform "
+                                          "'plum-dispatch<2.10' beartype fastdownload")
+    def rule(lrs, losses):
+        lrs, losses = torch.tensor(lrs, dtype=torch.float64), torch.tensor(losses, dtype=torch.float64)
+        return float(getattr(schedule, name)(lrs, losses, len(lrs))[0])
+    return rule
 
 
 def fastai_lr_find_curve(finder):
@@ -115,7 +88,7 @@ def test_the_rules_give_fastais_numbers_on_recorded_curves(recorded_finders):
     for finder in recorded_finders:
         lrs, losses = fastai_lr_find_curve(finder)
         assert finder.curve() == (lrs, losses)
-        expected = SuggestedLRs(**{name: rule(lrs, losses) for name, rule in FASTAI.items()})
+        expected = SuggestedLRs(**{name: fastai_rule(name)(lrs, losses) for name in SuggestedLRs._fields})
         assert finder.suggestions() == pytest.approx(expected, rel=1e-12)
         assert len(set(expected)) == 4  # the four rules differ here, so a mixed-up field would show
 
@@ -135,15 +108,16 @@ curves = st.lists(st.floats(0.0, 10.0), min_size=17, max_size=40)
 @given(curves)
 def test_each_rule_matches_fastais_on_any_curve(losses):
     lrs = [1e-5 * 10 ** (i / 8) for i in range(len(losses))]
-    for name, rule in FASTAI.items():
-        if name == "valley" and fastai_valley(lrs, losses) == lrs[-1] and len(losses) > 2:
+    for name in SuggestedLRs._fields:
+        rule = fastai_rule(name)
+        if name == "valley" and rule(lrs, losses) == pytest.approx(lrs[-1]) and len(losses) > 2:
             continue  # fastai wraps a valley of two points round to the last lr; minilearn takes the first
         assert getattr(lr_finder, name)(lrs, losses) == pytest.approx(rule(lrs, losses), rel=1e-12), name
 
 
 def test_a_two_point_valley_gives_the_first_lr_where_fastai_wraps_round_to_the_last():
     lrs = [1.0, 10.0, 100.0, 1000.0]
-    assert fastai_valley(lrs, [5.0, 4.0, 4.0, 4.0]) == 1000.0
+    assert fastai_rule("valley")(lrs, [5.0, 4.0, 4.0, 4.0]) == 1000.0
     assert lr_finder.valley(lrs, [5.0, 4.0, 4.0, 4.0]) == 1.0
 
 
