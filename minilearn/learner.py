@@ -22,6 +22,7 @@ from minilearn.exceptions import (CancelBatchException, CancelEpochException, Ca
 from minilearn.logprobs.forward_backward import CustomLossResult, LogprobLossFn, forward_backward_custom
 from minilearn.lr_finder import SuggestedLRs, lr_find
 from minilearn.predictions import Predictions, get_preds, top_losses
+from minilearn.show import show_batch
 from minilearn.train import TrainCB
 
 __all__ = ["Learner"]
@@ -38,7 +39,7 @@ def _check_arguments(model: Any, dls: Any, loss_func: Any) -> None:
         swapped = isinstance(dls, torch.nn.Module) and hasattr(model, "train")
         raise TypeError(f"Learner(model, dls, ...) takes the model first, got {type(model).__name__} as the model"
                         + (": the model and dls are the wrong way round" if swapped else ": pass a torch.nn.Module"))
-    if not (hasattr(dls, "train") and hasattr(dls, "valid")):
+    if dls is not None and not (hasattr(dls, "train") and hasattr(dls, "valid")):  # None: set learn.dls later
         raise TypeError(f"dls must have `train` and `valid` iterables of batches, got {type(dls).__name__}: "
                         f"wrap the loaders, DataLoaders(train_loader, valid_loader)")
     if isinstance(loss_func, type) or not (loss_func is None or callable(loss_func)):
@@ -56,7 +57,8 @@ def _no_owner(step: str) -> Callable:
 class Learner:
     """Trains `model` on `dls.train` (and evaluates on `dls.valid`) by calling callbacks.
 
-    - `dls`: any object with `train` and `valid` iterables of batches (see `DataLoaders`).
+    - `dls`: any object with `train` and `valid` iterables of batches (see `DataLoaders`), or None until
+      a fit (RL sets `learn.dls` each round).
     - `loss_func(preds, *targets)`: may be left out when a callback owns `get_loss`.
     - `opt_func(params, lr=lr)`: builds the optimizer at the first `fit` (or with `reset_opt=True`).
     - `n_inp`: for tuple batches, how many leading items go to the model.
@@ -314,5 +316,4 @@ class Learner:
         """Draw the first `n` items of a batch of `dl` (default `dls.train`) captioned with their targets:
         images `(N, H, W)`/`(N, C, H, W)` as a grid, `(N, F)` rows as a table, or through your own
         `show(xs, captions) -> Figure` (`minilearn.show.show_batch`). Returns the figure."""
-        from minilearn.show import show_batch
         return show_batch(self, dl, n, show, vocab)
