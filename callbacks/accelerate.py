@@ -24,7 +24,7 @@ from minilearn.distributed import is_main_process, pad_across_processes
 from minilearn.exceptions import CancelBatchException
 from minilearn.inputs import LastCall, loss_call, per_item_losses, signature_of, store_loss
 from minilearn.logprobs.linear import LinearLogits
-from minilearn.logprobs.tokens import IGNORE_INDEX
+from minilearn.logprobs.per_token import IGNORE_INDEX
 from minilearn.normalized_loss import loss_kind
 from minilearn.order import Order
 from minilearn.predictions import TARGET_KEYS, pad_value

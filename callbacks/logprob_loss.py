@@ -28,15 +28,15 @@ class LogprobLossCB(Callback):
       `forward_backward_custom(two_pass=True)` (exact with dropout too), with the memory of one micro-batch.
       Validation batches go through the loop's forward as usual.
     - `ref_model`: a frozen reference model, run without grad in eval mode; `fn` finds its
-      per-sequence log-probabilities in `batch["ref_logprobs"]` (for `dpo_loss`).
+      per-sequence log-probabilities in `batch["ref_logprobs"]` (for `make_dpo_loss`).
 
     Under AccelerateCB (below this callback in `Order`), back-propagation goes through the
     accelerator (gradient accumulation, fp16 scaling) and, with several processes, `fn` sees the
     gathered batch and log-probabilities of every process while each process back-propagates its
     own sequences: the gradient equals one process's on the whole global batch.
 
-    >>> from minilearn.losses import dpo_loss
-    >>> # learn.fit(1, cbs=LogprobLossCB(dpo_loss(beta=0.1), two_pass=True, micro_batch_size=4, ref_model=ref))
+    >>> from minilearn.losses import make_dpo_loss
+    >>> # learn.fit(1, cbs=LogprobLossCB(make_dpo_loss(beta=0.1), two_pass=True, micro_batch_size=4, ref_model=ref))
     """
 
     order = Order.LOGPROB_LOSS

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from minilearn.callback import Callback
-from minilearn.logprobs.tokens import IGNORE_INDEX
+from minilearn.logprobs.per_token import IGNORE_INDEX
 from minilearn.losses.advantages import AdvantageScale
 from minilearn.order import Order
-from minilearn.sampling.rollouts import RewardFn, RolloutBuffer, make_rollouts
+from minilearn.sampling.rounds import RewardFn, RolloutBuffer, make_rollouts
 from minilearn.sampling.sample import Prompts, prompt_tokens
 
 __all__ = ["RolloutCB"]

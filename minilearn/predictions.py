@@ -11,7 +11,7 @@ from minilearn.data import batch_size, is_mapping, take_rows
 from minilearn.distributed import cat_padded, world_size
 from minilearn.inputs import input_module, model_input_names, signature_of
 from minilearn.logprobs.linear import LinearLogits
-from minilearn.logprobs.tokens import IGNORE_INDEX
+from minilearn.logprobs.per_token import IGNORE_INDEX
 from minilearn.train import TrainCB
 
 __all__ = ["Predictions", "get_preds", "get_preds_with_inputs", "top_losses", "pad_value", "TARGET_KEYS"]

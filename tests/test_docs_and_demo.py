@@ -35,7 +35,7 @@ MODULES = sorted(m.name for pkg in (minilearn, minilearn.callbacks)
 
 
 def test_the_module_list_covers_every_folder():
-    assert {"minilearn.learner", "minilearn.logprobs.tokens", "minilearn.checkpoints.files", "minilearn.losses.sequence.preference",
+    assert {"minilearn.learner", "minilearn.logprobs.per_token", "minilearn.checkpoints.files", "minilearn.losses.sequence.preference",
             "minilearn.demo.run", "minilearn.testing.loss_checks", "minilearn.callbacks.accelerate"} <= set(MODULES)
 
 

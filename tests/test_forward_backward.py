@@ -15,7 +15,7 @@ from test_accelerate import fresh_accelerate, reset_accelerate  # noqa: F401
 
 from minilearn import Callback, DataLoaders, Learner, LossOutputError, MissingInputError, logprob_targets, sequence_logprobs
 from minilearn.callbacks import AccelerateCB, LogprobLossCB, MetricsCB
-from minilearn.losses import make_bradley_terry_loss, make_candidate_ce_loss, dpo_loss, token_logprobs, make_variance_loss
+from minilearn.losses import make_bradley_terry_loss, make_candidate_ce_loss, make_dpo_loss, token_logprobs, make_variance_loss
 from minilearn.demo.tiny_model import TinyCausalLM
 
 V, T, K = 13, 7, 3
@@ -54,7 +54,7 @@ def gradient(fn, batch, two_pass, micro_batch_size=None, dtype=torch.float64, re
     return out, grads_of(learn.model)
 
 
-READY = {"dpo": (dpo_loss(beta=0.3), False), "bradley_terry": (make_bradley_terry_loss(), False),
+READY = {"dpo": (make_dpo_loss(beta=0.3), False), "bradley_terry": (make_bradley_terry_loss(), False),
          "candidate_ce": (make_candidate_ce_loss("correct_index"), True), "variance": (make_variance_loss(0.5), False)}
 
 
@@ -158,7 +158,7 @@ def test_dpo_loss_matches_the_dpo_formula_in_value_and_gradient(beta):
     g = torch.Generator().manual_seed(int(beta * 10))
     lps = [(-torch.rand(3 + i % 3, generator=g, dtype=torch.float64) * 2).requires_grad_() for i in range(8)]
     ref = [-torch.rand(3 + i % 3, generator=g, dtype=torch.float64) * 2 for i in range(8)]
-    loss, metrics = dpo_loss(beta)({"ref_logprobs": ref}, lps)
+    loss, metrics = make_dpo_loss(beta)({"ref_logprobs": ref}, lps)
     s, r = [lp.sum() for lp in lps], [x.sum() for x in ref]
     expected = hand_dpo(s[0::2], s[1::2], r[0::2], r[1::2], beta)
     assert abs(loss.item() - expected.item()) < 1e-12
@@ -174,10 +174,10 @@ def test_dpo_with_a_reference_model_equals_dpo_with_its_logprobs_in_the_batch():
     batch = lm_batch()
     del batch["ref_logprobs"]
     ref_model = make_model(seed=3)
-    with_model, g_model = gradient(dpo_loss(0.5), batch, two_pass=True, micro_batch_size=4, ref_model=ref_model)
+    with_model, g_model = gradient(make_dpo_loss(0.5), batch, two_pass=True, micro_batch_size=4, ref_model=ref_model)
     targets = logprob_targets(batch)
     per_token = token_logprobs(ref_model(batch["input_ids"], batch["attention_mask"]), targets).detach()
-    precomputed, g_pre = gradient(dpo_loss(0.5), {**batch, "ref_logprobs": per_token}, two_pass=False)
+    precomputed, g_pre = gradient(make_dpo_loss(0.5), {**batch, "ref_logprobs": per_token}, two_pass=False)
     assert torch.allclose(g_model, g_pre, atol=1e-10) and math.isclose(with_model.loss, precomputed.loss, rel_tol=1e-12)
     assert ref_model.training and all(p.grad is None for p in ref_model.parameters())  # left as it was
 
@@ -207,7 +207,7 @@ def fit_weights(cbs, batches, lr=0.5):
 
 def test_logprob_loss_cb_trains_like_forward_backward_custom_and_optim_step():
     batches = [lm_batch(seed=s) for s in range(3)]
-    fn = dpo_loss(0.5)
+    fn = make_dpo_loss(0.5)
     direct = fit_weights(LogprobLossCB(fn), batches)
     two = fit_weights(LogprobLossCB(fn, two_pass=True, micro_batch_size=2), batches)
     manual = Learner(make_model(), DataLoaders([], []), lr=0.5)
@@ -251,7 +251,7 @@ def test_under_accelerate_with_accumulation_it_averages_the_micro_batches():
 
 
 def test_validation_computes_the_loss_without_gradients():
-    learn = Learner(make_model(), DataLoaders([], [lm_batch()]), cbs=[MetricsCB(), LogprobLossCB(dpo_loss(), two_pass=True)])
+    learn = Learner(make_model(), DataLoaders([], [lm_batch()]), cbs=[MetricsCB(), LogprobLossCB(make_dpo_loss(), two_pass=True)])
     learn.fit(1, train=False)
     assert learn.epoch_metrics["phase"] == "valid" and math.isfinite(learn.epoch_metrics["loss"])
     assert all(p.grad is None for p in learn.model.parameters())
@@ -344,7 +344,7 @@ def check_error_leaves_learner_usable(fn, batch, error, match, **kwargs):
     with pytest.raises(error, match=match):
         learn.forward_backward_custom(batch, fn, **kwargs)
     assert all(p.grad is None for p in learn.model.parameters())   # nothing half back-propagated
-    learn.forward_backward_custom(lm_batch(), dpo_loss())            # and it still works
+    learn.forward_backward_custom(lm_batch(), make_dpo_loss())            # and it still works
     learn.optim_step()
     assert any(not torch.equal(before[k], v) for k, v in learn.model.state_dict().items())
 
@@ -354,16 +354,16 @@ def check_error_leaves_learner_usable(fn, batch, error, match, **kwargs):
     (lambda b, lps: torch.stack([lp.sum() for lp in lps]), lm_batch(), LossOutputError, r"shape \(6,\).*scalar"),
     (lambda b, lps: (torch.cat(lps).sum(), 1.0, 2.0), lm_batch(), LossOutputError, "tuple of 3"),
     (lambda b, lps: torch.tensor(1.0, dtype=torch.float64), lm_batch(), ValueError, "does not depend"),
-    (dpo_loss(), {k: v[:5] for k, v in lm_batch().items()}, ValueError, "5 sequences.*even"),
-    (dpo_loss(), {k: v for k, v in lm_batch().items() if k != "ref_logprobs"}, MissingInputError, "ref_model"),
-    (dpo_loss(), {**lm_batch(), "ref_logprobs": torch.zeros(4)}, ValueError, "ref_logprobs has 4 sequences"),
-    (dpo_loss(), {**lm_batch(), "ref_logprobs": torch.zeros(6, 5)}, ValueError, r"ref_logprobs of shape \(6, 5\)"),
+    (make_dpo_loss(), {k: v[:5] for k, v in lm_batch().items()}, ValueError, "5 sequences.*even"),
+    (make_dpo_loss(), {k: v for k, v in lm_batch().items() if k != "ref_logprobs"}, MissingInputError, "ref_model"),
+    (make_dpo_loss(), {**lm_batch(), "ref_logprobs": torch.zeros(4)}, ValueError, "ref_logprobs has 4 sequences"),
+    (make_dpo_loss(), {**lm_batch(), "ref_logprobs": torch.zeros(6, 5)}, ValueError, r"ref_logprobs of shape \(6, 5\)"),
     (make_candidate_ce_loss(), lm_batch(), ValueError, r"target_tokens \(B, T, K\)"),
     (make_candidate_ce_loss(K), lm_batch(candidates=True), ValueError, r"in \[0, 3\)"),
     (make_candidate_ce_loss("answer"), lm_batch(candidates=True), MissingInputError, "'answer'.*keys"),
     (make_variance_loss(), {**lm_batch(), "target_tokens": torch.full((6, T), -100)}, ValueError, r"sequences \[0, 1"),
-    (dpo_loss(), {"attention_mask": torch.ones(2, 3)}, MissingInputError, "'target_tokens' or 'input_ids'"),
-    (dpo_loss(), {"input_ids": torch.zeros(2, 3, dtype=torch.long), "target_tokens": torch.full((2, 3), V)},
+    (make_dpo_loss(), {"attention_mask": torch.ones(2, 3)}, MissingInputError, "'target_tokens' or 'input_ids'"),
+    (make_dpo_loss(), {"input_ids": torch.zeros(2, 3, dtype=torch.long), "target_tokens": torch.full((2, 3), V)},
      ValueError, "holds the id 13"),
 ])
 def test_bad_input_raises_a_clear_error_and_leaves_the_learner_usable(fn, batch, error, match, two_pass):
@@ -379,14 +379,14 @@ def test_partial_candidate_sets_are_refused():
 @pytest.mark.parametrize("kwargs, match", [({"micro_batch_size": 0, "two_pass": True}, "whole number >= 1"),
                                            ({"micro_batch_size": 2}, "needs two_pass=True")])
 def test_bad_micro_batch_size_is_refused(kwargs, match):
-    check_error_leaves_learner_usable(dpo_loss(), lm_batch(), ValueError, match, **kwargs)
+    check_error_leaves_learner_usable(make_dpo_loss(), lm_batch(), ValueError, match, **kwargs)
 
 
 def test_a_tuple_batch_or_a_non_callable_fn_is_refused():
     learn = Learner(make_model(), DataLoaders([], []))
     with pytest.raises(TypeError, match="mapping batch"):
-        learn.forward_backward_custom((torch.zeros(2, 3, dtype=torch.long),), dpo_loss())
+        learn.forward_backward_custom((torch.zeros(2, 3, dtype=torch.long),), make_dpo_loss())
     with pytest.raises(TypeError, match=r"fn must be a function fn\(batch, logprobs\)"):
         learn.forward_backward_custom(lm_batch(), "dpo")
     with pytest.raises(ValueError, match="needs two_pass=True"):
-        LogprobLossCB(dpo_loss(), micro_batch_size=2)
+        LogprobLossCB(make_dpo_loss(), micro_batch_size=2)

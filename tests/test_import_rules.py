@@ -21,7 +21,7 @@ KNOWS_A_LEARNER = ("minilearn.learner", "minilearn.callback", "minilearn.train",
 
 
 def module_name(path: Path) -> str:
-    """`minilearn/losses/tokens.py` -> `minilearn.losses.tokens`; `callbacks/x.py` -> `minilearn.callbacks.x`."""
+    """`minilearn/losses/tokens.py` -> `minilearn.losses.masked`; `callbacks/x.py` -> `minilearn.callbacks.x`."""
     rel = path.relative_to(ROOT).with_suffix("")
     parts = list(rel.parts)
     if parts[0] == "callbacks":
@@ -107,7 +107,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_library_keeps_its_import_rules():
     graph = library_imports()
-    assert {"minilearn.learner", "minilearn.logprobs.tokens", "minilearn.callbacks.accelerate"} <= set(graph)
+    assert {"minilearn.learner", "minilearn.logprobs.per_token", "minilearn.callbacks.accelerate"} <= set(graph)
     assert broken_rules(graph) == []
 
 
@@ -119,11 +119,11 @@ def test_the_core_and_the_folders_are_what_the_layout_says():
 
 @pytest.mark.parametrize("module, source, expected", [
     ("minilearn.learner", "from minilearn.callbacks import ProgressCB", "imports the callback library"),
-    ("minilearn.losses.tokens", "import minilearn.callbacks.metrics", "imports the callback library"),
-    ("minilearn.losses.tokens", "def f():\n    from minilearn.learner import Learner", "knows the learner"),
+    ("minilearn.losses.masked", "import minilearn.callbacks.metrics", "imports the callback library"),
+    ("minilearn.losses.masked", "def f():\n    from minilearn.learner import Learner", "knows the learner"),
     ("minilearn.losses.weighted_ce", "from minilearn.callback import Callback", "knows the learner"),
-    ("minilearn.logprobs.forward_backward", "from minilearn.losses.tokens import _mask", "private ['_mask']"),
-    ("minilearn.checkpoints.files", "from ..losses.tokens import _mask", "private ['_mask']"),
+    ("minilearn.logprobs.forward_backward", "from minilearn.losses.masked import _mask", "private ['_mask']"),
+    ("minilearn.checkpoints.files", "from ..losses.masked import _mask", "private ['_mask']"),
 ])
 def test_each_rule_catches_what_it_forbids(module, source, expected):
     graph = {module: [(m, n) for m, n in imports(source, module, False) if m.startswith("minilearn")]}
@@ -131,11 +131,11 @@ def test_each_rule_catches_what_it_forbids(module, source, expected):
 
 
 def test_a_private_name_within_a_folder_is_allowed():
-    graph = {"minilearn.losses.key_token": [("minilearn.losses.tokens", ["_helper"])]}
+    graph = {"minilearn.losses.key_token": [("minilearn.losses.masked", ["_helper"])]}
     assert broken_rules(graph) == []
 
 
 def test_a_cycle_between_folders_is_caught():
-    graph = {"minilearn.logprobs.tokens": [("minilearn.losses.tokens", ["masked_sum"])],
-             "minilearn.losses.tokens": [("minilearn.logprobs.tokens", ["token_logprobs"])]}
+    graph = {"minilearn.logprobs.per_token": [("minilearn.losses.masked", ["masked_sum"])],
+             "minilearn.losses.masked": [("minilearn.logprobs.per_token", ["token_logprobs"])]}
     assert broken_rules(graph) == ["import cycle: minilearn.logprobs -> minilearn.losses -> minilearn.logprobs"]

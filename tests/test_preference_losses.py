@@ -1,6 +1,6 @@
-"""The preference losses over sequence log-probabilities: dpo_loss (its sigmoid, ipo and hinge kinds)
-and simpo_loss, against the values published in torchtune's tests, against hand formulas in float64
-(values, metrics and gradients), their errors, and make_dpo_loss, the earlier name of dpo_loss."""
+"""The preference losses over sequence log-probabilities: make_dpo_loss (its sigmoid, ipo and hinge kinds)
+and make_simpo_loss, against the values published in torchtune's tests, against hand formulas in float64
+(values, metrics and gradients), their errors."""
 
 import warnings
 
@@ -9,7 +9,7 @@ import torch
 
 import minilearn.losses as losses
 from minilearn.exceptions import MissingInputError
-from minilearn.losses import dpo_loss, simpo_loss
+from minilearn.losses import make_dpo_loss, make_simpo_loss
 
 TOL = 1e-12
 KINDS = ["sigmoid", "ipo", "hinge"]
@@ -61,7 +61,7 @@ def close(got: torch.Tensor, expected: torch.Tensor) -> None:
     ("ipo", 0.1, TT_IPO),       # IPOLoss(tau=0.1): tau is our beta
 ])
 def test_dpo_kinds_reproduce_torchtunes_published_losses(kind, beta, expected):
-    fn = dpo_loss(beta, kind)
+    fn = make_dpo_loss(beta, kind)
     for i in range(3):
         close(fn(*torchtune_dpo_batch(i))[0], expected[i])
     batches = [torchtune_dpo_batch(i) for i in range(3)]
@@ -72,8 +72,8 @@ def test_dpo_kinds_reproduce_torchtunes_published_losses(kind, beta, expected):
 def test_simpo_reproduces_torchtunes_published_losses():
     # torchtune's SimPO test passes the same policy numbers as average log-probabilities; here they are
     # the means of sequences of 2, 3, 4 tokens (and 4, 1, 2), whose sums differ from them.
-    # SimPOLoss(beta=2.0, gamma=0.5) is simpo_loss(beta=2.0, gamma_beta_ratio=0.5 / 2.0).
-    fn = simpo_loss(beta=2.0, gamma_beta_ratio=0.5 / 2.0)
+    # SimPOLoss(beta=2.0, gamma=0.5) is make_simpo_loss(beta=2.0, gamma_beta_ratio=0.5 / 2.0).
+    fn = make_simpo_loss(beta=2.0, gamma_beta_ratio=0.5 / 2.0)
     chosen = [spread(v, n, mean=True) for v, n in zip(TT_POLICY_CHOSEN, (2, 3, 4))]
     rejected = [spread(v, n, mean=True) for v, n in zip(TT_POLICY_REJECTED, (4, 1, 2))]
     assert abs(chosen[1].sum().item() - 3 * TT_POLICY_CHOSEN[1]) < 1e-4   # the sums are not the averages
@@ -149,7 +149,7 @@ def assert_matches(got: tuple[torch.Tensor, dict], want: tuple[torch.Tensor, dic
 @pytest.mark.parametrize("beta", [0.1, 0.7, 2.5])
 def test_dpo_kinds_match_their_formulas_in_float64(kind, beta):
     lps, refs = random_sequences(seed=int(10 * beta)), [r.detach() for r in random_sequences(seed=int(10 * beta) + 1)]
-    assert_matches(dpo_loss(beta, kind)({"ref_logprobs": refs}, lps), hand_dpo(lps, refs, beta, kind), lps)
+    assert_matches(make_dpo_loss(beta, kind)({"ref_logprobs": refs}, lps), hand_dpo(lps, refs, beta, kind), lps)
 
 
 def test_the_hinge_test_covers_both_sides_of_the_hinge():
@@ -164,7 +164,7 @@ def test_the_hinge_test_covers_both_sides_of_the_hinge():
 @pytest.mark.parametrize("beta, ratio", [(2.0, 0.25), (0.5, 0.0), (10.0, 1.5)])
 def test_simpo_matches_its_formula_in_float64(beta, ratio):
     lps = random_sequences(seed=int(beta * 10 + ratio * 100))
-    assert_matches(simpo_loss(beta, ratio)({}, lps), hand_simpo(lps, beta, ratio), lps)
+    assert_matches(make_simpo_loss(beta, ratio)({}, lps), hand_simpo(lps, beta, ratio), lps)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -172,12 +172,12 @@ def test_dpo_kinds_pass_gradcheck(kind):
     lps, refs = random_sequences(seed=3, n=6), [r.detach() for r in random_sequences(seed=4, n=6)]
     # A (B,) tensor of totals is also a reference; gradcheck compares autograd with finite differences.
     ref_totals = torch.stack([r.sum() for r in refs])
-    assert torch.autograd.gradcheck(lambda *x: dpo_loss(0.7, kind)({"ref_logprobs": ref_totals}, list(x))[0], lps)
+    assert torch.autograd.gradcheck(lambda *x: make_dpo_loss(0.7, kind)({"ref_logprobs": ref_totals}, list(x))[0], lps)
 
 
 def test_simpo_passes_gradcheck():
     lps = random_sequences(seed=5, n=6)
-    assert torch.autograd.gradcheck(lambda *x: simpo_loss()({}, list(x))[0], lps)
+    assert torch.autograd.gradcheck(lambda *x: make_simpo_loss()({}, list(x))[0], lps)
 
 
 def test_the_sigmoid_kind_is_the_default_and_equals_pairwise_logistic_of_the_rewards():
@@ -185,30 +185,30 @@ def test_the_sigmoid_kind_is_the_default_and_equals_pairwise_logistic_of_the_rew
     beta = 0.3
     rewards = torch.stack([beta * (lp.sum() - r.sum()) for lp, r in zip(lps, refs)])
     expected = losses.pairwise_logistic(rewards[0::2], rewards[1::2])[0]
-    assert abs(dpo_loss(beta)({"ref_logprobs": refs}, lps)[0].item() - expected.item()) < TOL
+    assert abs(make_dpo_loss(beta)({"ref_logprobs": refs}, lps)[0].item() - expected.item()) < TOL
 
 
 def test_simpo_needs_no_reference_and_ignores_one():
     lps = random_sequences(seed=13)
-    with_ref = simpo_loss()({"ref_logprobs": [lp.detach() - 1 for lp in lps]}, lps)[0]
-    assert with_ref.item() == simpo_loss()({}, lps)[0].item()
+    with_ref = make_simpo_loss()({"ref_logprobs": [lp.detach() - 1 for lp in lps]}, lps)[0]
+    assert with_ref.item() == make_simpo_loss()({}, lps)[0].item()
 
 
 # ---- errors ---------------------------------------------------------------------------------------
 
 def test_an_unknown_kind_is_refused_naming_the_kinds():
     with pytest.raises(ValueError, match=r"kind must be one of 'sigmoid', 'ipo', 'hinge'; got 'kto'"):
-        dpo_loss(0.1, "kto")
+        make_dpo_loss(0.1, "kto")
 
 
 @pytest.mark.parametrize("beta", [0.0, -0.5, float("nan")])
-@pytest.mark.parametrize("build", [lambda b: dpo_loss(b), lambda b: dpo_loss(b, "ipo"), lambda b: simpo_loss(b)])
+@pytest.mark.parametrize("build", [lambda b: make_dpo_loss(b), lambda b: make_dpo_loss(b, "ipo"), lambda b: make_simpo_loss(b)])
 def test_beta_must_be_positive(build, beta):
     with pytest.raises(ValueError, match=r"beta must be > 0, got"):
         build(beta)
 
 
-@pytest.mark.parametrize("fn, batch", [(dpo_loss(0.1, "hinge"), {"ref_logprobs": torch.zeros(3)}), (simpo_loss(), {})])
+@pytest.mark.parametrize("fn, batch", [(make_dpo_loss(0.1, "hinge"), {"ref_logprobs": torch.zeros(3)}), (make_simpo_loss(), {})])
 def test_an_odd_number_of_sequences_is_refused(fn, batch):
     lps = [torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-3.0])]
     with pytest.raises(ValueError, match=r"logprobs has 3 sequences; a preference batch needs an even"):
@@ -217,32 +217,21 @@ def test_an_odd_number_of_sequences_is_refused(fn, batch):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_dpo_without_a_reference_names_what_is_missing(kind):
-    with pytest.raises(MissingInputError, match=r"dpo_loss.*needs reference log-probabilities.*ref_model=.*"
+    with pytest.raises(MissingInputError, match=r"make_dpo_loss.*needs reference log-probabilities.*ref_model=.*"
                                                 r"'ref_logprobs'.*keys \['input_ids'\]"):
-        dpo_loss(0.1, kind)({"input_ids": torch.zeros(2, 3)}, [torch.tensor([-1.0]), torch.tensor([-2.0])])
+        make_dpo_loss(0.1, kind)({"input_ids": torch.zeros(2, 3)}, [torch.tensor([-1.0]), torch.tensor([-2.0])])
 
 
 def test_dpo_refuses_a_reference_of_another_length():
     with pytest.raises(ValueError, match=r"ref_logprobs has 4 sequences but logprobs has 2"):
-        dpo_loss()({"ref_logprobs": torch.zeros(4)}, [torch.tensor([-1.0]), torch.tensor([-2.0])])
+        make_dpo_loss()({"ref_logprobs": torch.zeros(4)}, [torch.tensor([-1.0]), torch.tensor([-2.0])])
 
 
 def test_simpo_refuses_an_empty_sequence_and_a_tensor_of_totals():
-    with pytest.raises(ValueError, match=r"simpo_loss.*at least one target.*sequences \[1\] have none"):
-        simpo_loss()({}, [torch.tensor([-1.0]), torch.zeros(0)])
-    with pytest.raises(TypeError, match=r"simpo_loss.*one tensor of log-probabilities a sequence"):
-        simpo_loss()({}, torch.tensor([-1.0, -2.0]))
-
-
-# ---- the earlier name -----------------------------------------------------------------------------
-
-def test_make_dpo_loss_warns_and_builds_dpo_loss():
-    lps, refs = random_sequences(seed=21), [r.detach() for r in random_sequences(seed=22)]
-    with pytest.warns(FutureWarning, match="make_dpo_loss is now called dpo_loss"):
-        old = losses.make_dpo_loss(0.4)
-    batch = {"ref_logprobs": refs}
-    assert old(batch, lps)[0].item() == dpo_loss(0.4)(batch, lps)[0].item()
-    assert "make_dpo_loss" not in losses.__all__ and {"dpo_loss", "simpo_loss"} <= set(losses.__all__)
+    with pytest.raises(ValueError, match=r"make_simpo_loss.*at least one target.*sequences \[1\] have none"):
+        make_simpo_loss()({}, [torch.tensor([-1.0]), torch.zeros(0)])
+    with pytest.raises(TypeError, match=r"make_simpo_loss.*one tensor of log-probabilities a sequence"):
+        make_simpo_loss()({}, torch.tensor([-1.0, -2.0]))
 
 
 def test_the_new_names_do_not_warn():
@@ -250,5 +239,5 @@ def test_the_new_names_do_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for kind in KINDS:
-            dpo_loss(0.1, kind)({"ref_logprobs": refs}, lps)
-        simpo_loss()({}, lps)
+            make_dpo_loss(0.1, kind)({"ref_logprobs": refs}, lps)
+        make_simpo_loss()({}, lps)

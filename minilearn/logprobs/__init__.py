@@ -1,7 +1,7 @@
 """Log-probabilities: from logits or from hidden states and the output layer, per token and per
 sequence, and losses over them with their exact gradient.
 
-- `tokens`: `token_logprobs`, the one kernel every loss's log-probabilities go through (at least
+- `per_token`: `token_logprobs`, the one kernel every loss's log-probabilities go through (at least
   float32, in row chunks, no full log-softmax copy), the targets' conventions (`IGNORE_INDEX`,
   `shift_targets`, `check_targets`) and `LazyLogits`, logits that are never materialised.
 - `labels`: `targets_from_labels` and `LabelsToTargets`, Hugging Face's unshifted `labels` into
@@ -18,7 +18,7 @@ from minilearn.logprobs.fused_head import FusedHead
 from minilearn.logprobs.labels import LabelsToTargets, targets_from_labels
 from minilearn.logprobs.linear import LinearLogits, linear_tile_shape, linear_token_logprobs
 from minilearn.logprobs.sequences import logprob_targets, sequence_logprobs, split_sequences, target_positions
-from minilearn.logprobs.tokens import (IGNORE_INDEX, LazyLogits, check_targets, shift_targets, target_logprobs,
+from minilearn.logprobs.per_token import (IGNORE_INDEX, LazyLogits, check_targets, shift_targets, target_logprobs,
                                        token_logprobs)
 
 __all__ = ["IGNORE_INDEX", "token_logprobs", "target_logprobs", "shift_targets", "check_targets", "LazyLogits",

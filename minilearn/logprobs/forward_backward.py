@@ -39,7 +39,7 @@ from minilearn.distributed import gather_batch, gather_sequences, world_size
 from minilearn.inputs import (callable_name, input_module, model_call, model_input_names, select_output, signature_of,
                               split_loss_output)
 from minilearn.logprobs.sequences import logprob_targets, sequence_logprobs, split_sequences, target_positions
-from minilearn.logprobs.tokens import IGNORE_INDEX, target_logprobs
+from minilearn.logprobs.per_token import IGNORE_INDEX, target_logprobs
 
 __all__ = ["LogprobLossFn", "CustomLossResult", "CustomLossStep", "forward_backward_custom", "model_logits",
            "reference_logprobs", "custom_loss_step", "apply_custom_loss_gradients"]

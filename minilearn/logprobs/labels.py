@@ -9,7 +9,7 @@ of the largest tensor of the step). The two differ by one shift.
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from minilearn.logprobs.tokens import shift_targets
+from minilearn.logprobs.per_token import shift_targets
 
 __all__ = ["targets_from_labels", "LabelsToTargets"]
 

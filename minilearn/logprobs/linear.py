@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from minilearn.logprobs.tokens import IGNORE_INDEX, MEMORY_BUDGET_ELEMENTS, token_logprobs
+from minilearn.logprobs.per_token import IGNORE_INDEX, MEMORY_BUDGET_ELEMENTS, token_logprobs
 
 __all__ = ["LinearLogits", "linear_token_logprobs", "linear_tile_shape"]
 

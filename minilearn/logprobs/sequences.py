@@ -3,7 +3,7 @@
 The convention, for a mapping batch of `B` sequences (the one place it is written down):
 
 - The targets are the batch key `target_tokens`, `(B, T)` (one target a position) or `(B, T, K)`
-  (K candidate targets a position), with `IGNORE_INDEX` (-100, `minilearn.logprobs.tokens`) where
+  (K candidate targets a position), with `IGNORE_INDEX` (-100, `minilearn.logprobs.per_token`) where
   nothing is predicted.
 - Without `target_tokens`, they are the next tokens of `input_ids` (`shift_targets`): position t
   predicts token t+1. With an `attention_mask`, a target counts only where both positions t and
@@ -21,7 +21,7 @@ import torch
 
 from minilearn.data import is_mapping
 from minilearn.exceptions import MissingInputError
-from minilearn.logprobs.tokens import IGNORE_INDEX, check_targets, shift_targets, target_logprobs
+from minilearn.logprobs.per_token import IGNORE_INDEX, check_targets, shift_targets, target_logprobs
 
 __all__ = ["logprob_targets", "target_positions", "split_sequences", "sequence_logprobs"]
 

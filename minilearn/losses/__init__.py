@@ -2,7 +2,7 @@
 names the batch inputs it takes (see `minilearn.inputs`).
 
 The losses over tokens (`weighted_ce`, `importance_weighted`, `policy_gradient`, `key_token`, built
-on `tokens`) are PyTorch losses: they return a 0-dim `LossTensor` (`minilearn.normalized_loss`), a
+on `masked`) are PyTorch losses: they return a 0-dim `LossTensor` (`minilearn.normalized_loss`), a
 `torch.Tensor` that also carries its `.metrics` and, for a loss normalised by a sum of weights or a
 count, its `.total` and `.denominator`, so that the step owner keeps it exact under gradient
 accumulation and several processes. Their log-probabilities come from `minilearn.logprobs`
@@ -13,27 +13,23 @@ For RL post-training, `group_advantages` (GRPO, Dr. GRPO) and `kl_penalty` (k1, 
 inputs of `PolicyGradientLoss(..., kl_coef, aggregation)` from a round of rollouts
 (`minilearn.sampling`).
 
-The losses over per-sequence log-probabilities (`sequence/`) are built by `dpo_loss` (with its IPO
-and hinge kinds), `simpo_loss`, `make_bradley_terry_loss`, `make_candidate_ce_loss` and
+The losses over per-sequence log-probabilities (`sequence/`) are built by `make_dpo_loss` (with its IPO
+and hinge kinds), `make_simpo_loss`, `make_bradley_terry_loss`, `make_candidate_ce_loss` and
 `make_variance_loss`: each returns a function `fn(batch, logprobs) -> (loss, metrics)` for
 `LogprobLossCB` and `Learner.forward_backward_custom`, as in Tinker's `forward_backward_custom`.
-
-The earlier names of renamed losses still import from here, with a warning (`minilearn.losses.renamed`).
 """
 
 from minilearn.logprobs.linear import LinearLogits, linear_tile_shape, linear_token_logprobs
-from minilearn.logprobs.tokens import IGNORE_INDEX, LazyLogits, check_targets, shift_targets, token_logprobs
+from minilearn.logprobs.per_token import IGNORE_INDEX, LazyLogits, check_targets, shift_targets, token_logprobs
 from minilearn.losses.advantages import AdvantageScale, group_advantages
 from minilearn.losses.importance_weighted import ImportanceWeightedCrossEntropy, importance_weighted_cross_entropy
 from minilearn.losses.key_token import KeyTokenWeightedLoss, key_token_weighted_loss
 from minilearn.losses.kl import KLKind, kl_penalty
 from minilearn.losses.policy_gradient import (Aggregation, PolicyGradientKind, PolicyGradientLoss,
                                               default_clip_thresholds, policy_gradient_loss)
-from minilearn.losses.renamed import (ImportanceSamplingLoss, bradley_terry_loss, candidate_ce_loss,
-                                      importance_sampling_loss, make_dpo_loss, variance_loss)
-from minilearn.losses.sequence import (dpo_loss, make_bradley_terry_loss, make_candidate_ce_loss, make_variance_loss,
-                                       pairwise_logistic, sequence_totals, simpo_loss)
-from minilearn.losses.tokens import (check_token_values, masked_mean, masked_sum, per_row_sums, per_row_weight_normalized,
+from minilearn.losses.sequence import (make_dpo_loss, make_bradley_terry_loss, make_candidate_ce_loss, make_variance_loss,
+                                       pairwise_logistic, sequence_totals, make_simpo_loss)
+from minilearn.losses.masked import (check_token_values, masked_mean, masked_sum, per_row_sums, per_row_weight_normalized,
                                     token_mask, weight_normalized)
 from minilearn.losses.weighted_ce import Reduction, WeightedCrossEntropy, weighted_cross_entropy
 
@@ -45,7 +41,7 @@ __all__ = [
     "policy_gradient_loss", "PolicyGradientLoss", "PolicyGradientKind", "Aggregation", "default_clip_thresholds",
     "group_advantages", "AdvantageScale", "kl_penalty", "KLKind",
     "key_token_weighted_loss", "KeyTokenWeightedLoss",
-    "dpo_loss", "simpo_loss", "make_bradley_terry_loss", "make_candidate_ce_loss", "make_variance_loss",
+    "make_dpo_loss", "make_simpo_loss", "make_bradley_terry_loss", "make_candidate_ce_loss", "make_variance_loss",
     "pairwise_logistic", "sequence_totals",
     "check_token_values", "token_mask", "masked_sum", "masked_mean", "weight_normalized", "per_row_sums",
     "per_row_weight_normalized",

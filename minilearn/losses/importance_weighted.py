@@ -9,8 +9,8 @@ Not to be confused with Tinker's `importance_sampling` loss, `PolicyGradientLoss
 import torch
 from torch import nn
 
-from minilearn.logprobs.tokens import IGNORE_INDEX, token_logprobs
-from minilearn.losses.tokens import (check_token_values, masked_mean, per_row_weight_normalized, token_mask,
+from minilearn.logprobs.per_token import IGNORE_INDEX, token_logprobs
+from minilearn.losses.masked import (check_token_values, masked_mean, per_row_weight_normalized, token_mask,
                                     weight_normalized)
 from minilearn.normalized_loss import LossTensor
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from minilearn.logprobs.tokens import IGNORE_INDEX, check_targets, shift_targets, target_logprobs
-from minilearn.losses.tokens import masked_mean, masked_sum
+from minilearn.logprobs.per_token import IGNORE_INDEX, check_targets, shift_targets, target_logprobs
+from minilearn.losses.masked import masked_mean, masked_sum
 from minilearn.normalized_loss import LossTensor, NormalizedLoss
 
 __all__ = ["key_token_weighted_loss", "KeyTokenWeightedLoss"]

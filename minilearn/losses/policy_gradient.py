@@ -6,9 +6,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from minilearn.logprobs.tokens import IGNORE_INDEX, token_logprobs
+from minilearn.logprobs.per_token import IGNORE_INDEX, token_logprobs
 from minilearn.losses.kl import KLKind, kl_penalty
-from minilearn.losses.tokens import check_token_values, masked_mean, masked_sum, per_row_sums, token_mask
+from minilearn.losses.masked import check_token_values, masked_mean, masked_sum, per_row_sums, token_mask
 from minilearn.normalized_loss import LossTensor, NormalizedLoss
 
 __all__ = ["policy_gradient_loss", "PolicyGradientLoss", "PolicyGradientKind", "Aggregation",

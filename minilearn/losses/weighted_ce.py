@@ -5,8 +5,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from minilearn.logprobs.tokens import IGNORE_INDEX, token_logprobs
-from minilearn.losses.tokens import (check_token_values, per_row_sums, per_row_weight_normalized, token_mask,
+from minilearn.logprobs.per_token import IGNORE_INDEX, token_logprobs
+from minilearn.losses.masked import (check_token_values, per_row_sums, per_row_weight_normalized, token_mask,
                                     weight_normalized)
 from minilearn.normalized_loss import LossTensor
 

@@ -9,7 +9,7 @@
 - `completion_tokens`, `prompt_tokens`: the token ids a reward function reads.
 """
 
-from minilearn.sampling.rollouts import RewardFn, RolloutBuffer, check_rewards, make_rollouts
+from minilearn.sampling.rounds import RewardFn, RolloutBuffer, check_rewards, make_rollouts
 from minilearn.sampling.sample import Prompts, completion_tokens, eval_mode, model_logprobs, prompt_tokens, sample
 
 __all__ = ["sample", "model_logprobs", "make_rollouts", "check_rewards", "RolloutBuffer", "RewardFn", "completion_tokens",

@@ -11,7 +11,7 @@ from torch import nn
 
 from minilearn.inputs import input_module, model_call, model_input_names, select_output, signature_of
 from minilearn.logprobs.linear import LinearLogits
-from minilearn.logprobs.tokens import IGNORE_INDEX, token_logprobs
+from minilearn.logprobs.per_token import IGNORE_INDEX, token_logprobs
 
 __all__ = ["sample", "model_logprobs", "completion_tokens", "prompt_tokens", "eval_mode", "Prompts"]
 

@@ -22,7 +22,7 @@ from minilearn import DataLoaders, FusedHead, Learner
 from minilearn.callbacks import AccelerateCB, AccelerateCustomCB, LogprobLossCB, LossCB, MetricsCB
 from minilearn.demo import TinyCausalLM
 from minilearn.losses import (IGNORE_INDEX, KeyTokenWeightedLoss, PolicyGradientLoss, WeightedCrossEntropy,
-                              dpo_loss)
+                              make_dpo_loss)
 
 VOCAB, MAX_LEN, GLOBAL_BS, EPOCHS = 40, 12, 8, 2
 # The sum-reduced loss's gradient is as large as the batch has tokens: a smaller step keeps every
@@ -90,7 +90,7 @@ def loss_callbacks(loss: str, model_name: str, accelerate: bool, gas: int) -> li
         return [AccelerateCustomCB(WeightedCrossEntropy(), gradient_accumulation_steps=gas, seed=DROPOUT_SEED)]
     acc = [AccelerateCB(gradient_accumulation_steps=gas)] if accelerate else []
     if loss == "dpo":
-        return [*acc, LogprobLossCB(dpo_loss(beta=0.5), ref_model=model(model_name, seed=1))]
+        return [*acc, LogprobLossCB(make_dpo_loss(beta=0.5), ref_model=model(model_name, seed=1))]
     fn = {"weighted_ce": WeightedCrossEntropy(), "fused_head": WeightedCrossEntropy(),
           "key_token": KeyTokenWeightedLoss([3, 7, 11], alpha=2.0), "is_sum": PolicyGradientLoss("importance_sampling")}[loss]
     return [AccelerateCustomCB(fn, gradient_accumulation_steps=gas)] if accelerate else [LossCB(fn)]

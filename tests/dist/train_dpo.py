@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from minilearn import DataLoaders, Learner, TrainCB
 from minilearn.callbacks import AccelerateCB, LogprobLossCB
 from minilearn.distributed import rank
-from minilearn.losses import dpo_loss
+from minilearn.losses import make_dpo_loss
 from minilearn.demo.tiny_model import TinyCausalLM
 
 VOCAB, MAX_LEN = 17, 12
@@ -49,7 +49,7 @@ def callbacks(args):
     """The loss callback, and TrainCB told the model's inputs: it cannot read them from the
     signature of DistributedDataParallel's forward (*inputs, **kwargs)."""
     return [TrainCB(model_inputs=["input_ids", "attention_mask"]),
-            LogprobLossCB(dpo_loss(beta=0.5), two_pass=args.two_pass, micro_batch_size=args.micro,
+            LogprobLossCB(make_dpo_loss(beta=0.5), two_pass=args.two_pass, micro_batch_size=args.micro,
                           ref_model=model(seed=1))]
 
 

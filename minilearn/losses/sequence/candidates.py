@@ -5,7 +5,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from minilearn.exceptions import MissingInputError
-from minilearn.logprobs.tokens import IGNORE_INDEX
+from minilearn.logprobs.per_token import IGNORE_INDEX
 
 __all__ = ["make_candidate_ce_loss"]
 

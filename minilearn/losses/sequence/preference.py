@@ -17,9 +17,9 @@ import torch.nn.functional as F
 
 from minilearn.exceptions import MissingInputError
 
-__all__ = ["sequence_totals", "pairwise_logistic", "make_bradley_terry_loss", "dpo_loss", "simpo_loss"]
+__all__ = ["sequence_totals", "pairwise_logistic", "make_bradley_terry_loss", "make_dpo_loss", "make_simpo_loss"]
 
-# The kinds of `dpo_loss`, in the order its error message names them.
+# The kinds of `make_dpo_loss`, in the order its error message names them.
 _DPO_KINDS = ("sigmoid", "ipo", "hinge")
 
 
@@ -91,7 +91,7 @@ def _check_beta(beta: float) -> None:
         raise ValueError(f"beta must be > 0, got {beta!r}")
 
 
-def dpo_loss(beta: float = 0.1, kind: str = "sigmoid") -> Callable[[Mapping, list[torch.Tensor]],
+def make_dpo_loss(beta: float = 0.1, kind: str = "sigmoid") -> Callable[[Mapping, list[torch.Tensor]],
                                                                     tuple[torch.Tensor, dict]]:
     """Direct Preference Optimisation (Rafailov et al., 2023) and two variants on the same margin
     `h_i = (c_i - c_ref_i) - (r_i - r_ref_i)`, where `c`, `r` are the chosen and rejected
@@ -113,12 +113,12 @@ def dpo_loss(beta: float = 0.1, kind: str = "sigmoid") -> Callable[[Mapping, lis
     tensor of sequence totals. Metrics, for every kind: `accuracy`, `margin`, `chosen_reward` and
     `rejected_reward`, the rewards being `beta (log p - log p_ref)`.
 
-    >>> fn = dpo_loss(beta=0.5)
+    >>> fn = make_dpo_loss(beta=0.5)
     >>> lps = [torch.tensor([-1.0]), torch.tensor([-2.0])]
     >>> loss, m = fn({"ref_logprobs": torch.tensor([-1.0, -1.0])}, lps)
     >>> round(loss.item(), 4), m["chosen_reward"].item(), m["rejected_reward"].item()
     (0.4741, 0.0, -0.5)
-    >>> [dpo_loss(0.5, kind)({"ref_logprobs": torch.tensor([-1.0, -1.0])}, lps)[0].item() for kind in ("ipo", "hinge")]
+    >>> [make_dpo_loss(0.5, kind)({"ref_logprobs": torch.tensor([-1.0, -1.0])}, lps)[0].item() for kind in ("ipo", "hinge")]
     [0.0, 0.5]
     """
     _check_beta(beta)
@@ -127,7 +127,7 @@ def dpo_loss(beta: float = 0.1, kind: str = "sigmoid") -> Callable[[Mapping, lis
 
     def dpo(batch: Mapping, logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         if "ref_logprobs" not in batch:
-            raise MissingInputError(f"the DPO loss (dpo_loss) needs reference log-probabilities: pass "
+            raise MissingInputError(f"the DPO loss (make_dpo_loss) needs reference log-probabilities: pass "
                                     f"ref_model=... to LogprobLossCB or forward_backward_custom, or put "
                                     f"'ref_logprobs' in the batch; the batch has keys {list(batch.keys())}")
         policy, ref = sequence_totals(logprobs), sequence_totals(batch["ref_logprobs"], "ref_logprobs")
@@ -146,20 +146,20 @@ def dpo_loss(beta: float = 0.1, kind: str = "sigmoid") -> Callable[[Mapping, lis
     return dpo
 
 
-def simpo_loss(beta: float = 2.0, gamma_beta_ratio: float = 0.25) -> Callable[[Mapping, list[torch.Tensor]],
+def make_simpo_loss(beta: float = 2.0, gamma_beta_ratio: float = 0.25) -> Callable[[Mapping, list[torch.Tensor]],
                                                                              tuple[torch.Tensor, dict]]:
     """SimPO (Meng et al., 2024), a preference loss without a reference model: each sequence is
     scored by the mean of its target log-probabilities, `s = (sum_t lp_t) / T_i`, so a long answer
     is not favoured or penalised for its length, and
     `loss = mean_i -log sigmoid(beta (s_chosen_i - s_rejected_i - gamma_beta_ratio))`, a target
     reward margin of `gamma = beta * gamma_beta_ratio` (torchtune's `SimPOLoss(beta, gamma)` is
-    `simpo_loss(beta, gamma / beta)`).
+    `make_simpo_loss(beta, gamma / beta)`).
 
     Returns `fn(batch, logprobs) -> (loss, metrics)`; `logprobs` holds one tensor `(T_i,)` a
     sequence, `2i` chosen and `2i+1` rejected (module docstring), each with at least one target.
     Metrics: `accuracy`, `margin`, `chosen_reward` and `rejected_reward`, the rewards being `beta s`.
 
-    >>> fn = simpo_loss(beta=2.0, gamma_beta_ratio=0.25)
+    >>> fn = make_simpo_loss(beta=2.0, gamma_beta_ratio=0.25)
     >>> loss, m = fn({}, [torch.tensor([-1.0, -1.0]), torch.tensor([-2.0])])
     >>> round(loss.item(), 4), m["margin"].item()
     (0.2014, 2.0)
@@ -168,12 +168,12 @@ def simpo_loss(beta: float = 2.0, gamma_beta_ratio: float = 0.25) -> Callable[[M
 
     def simpo(batch: Mapping, logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         if isinstance(logprobs, torch.Tensor):
-            raise TypeError("the SimPO loss (simpo_loss) needs one tensor of log-probabilities a sequence: it "
+            raise TypeError("the SimPO loss (make_simpo_loss) needs one tensor of log-probabilities a sequence: it "
                             "divides each sum by the sequence's number of targets, which a tensor of totals "
                             "does not tell")
         empty = [i for i, lp in enumerate(logprobs) if lp.numel() == 0]
         if empty:
-            raise ValueError(f"the SimPO loss (simpo_loss) averages each sequence's log-probabilities and needs "
+            raise ValueError(f"the SimPO loss (make_simpo_loss) averages each sequence's log-probabilities and needs "
                              f"at least one target in every sequence; sequences {empty} have none")
         totals = sequence_totals(logprobs)
         lengths = torch.tensor([lp.shape[0] for lp in logprobs], dtype=totals.dtype, device=totals.device)

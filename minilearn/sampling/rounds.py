@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from minilearn.inputs import callable_name
-from minilearn.logprobs.tokens import IGNORE_INDEX
+from minilearn.logprobs.per_token import IGNORE_INDEX
 from minilearn.losses.advantages import AdvantageScale, group_advantages
 from minilearn.sampling.sample import Prompts, completion_tokens, model_logprobs, prompt_tokens, sample
 

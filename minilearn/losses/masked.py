@@ -3,7 +3,7 @@ positions that count, and sums over it."""
 
 import torch
 
-from minilearn.logprobs.tokens import IGNORE_INDEX
+from minilearn.logprobs.per_token import IGNORE_INDEX
 from minilearn.normalized_loss import LossTensor, NormalizedLoss
 
 __all__ = ["check_token_values", "token_mask", "masked_sum", "masked_mean", "weight_normalized", "per_row_sums",
