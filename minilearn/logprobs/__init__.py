@@ -1,17 +1,6 @@
 """Log-probabilities: from logits or from hidden states and the output layer, per token and per
-sequence, and losses over them with their exact gradient.
-
-- `per_token`: `token_logprobs`, the one kernel every loss's log-probabilities go through (at least
-  float32, in row chunks, no full log-softmax copy), the targets' conventions (`IGNORE_INDEX`,
-  `shift_targets`, `check_targets`) and `LazyLogits`, logits that are never materialised.
-- `labels`: `targets_from_labels` and `LabelsToTargets`, Hugging Face's unshifted `labels` into
-  the token losses' `target_tokens`.
-- `linear`: `LinearLogits` and `linear_token_logprobs`, the fused output layer and log-softmax.
-- `fused_head`: `FusedHead`, a language model whose output is `LinearLogits`.
-- `sequences`: the per-sequence convention (`logprob_targets`, `sequence_logprobs`).
-- `forward_backward`: `forward_backward_custom`, any loss over per-sequence log-probabilities
-  (Tinker's API), direct or in two passes, also across processes.
-"""
+sequence, and losses over them with their exact gradient. `per_token.token_logprobs` is the one
+kernel every loss's log-probabilities go through."""
 
 from minilearn.logprobs.forward_backward import CustomLossResult, forward_backward_custom
 from minilearn.logprobs.fused_head import FusedHead

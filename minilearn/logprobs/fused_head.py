@@ -1,5 +1,4 @@
-"""FusedHead: a language model whose forward returns its hidden states and output layer instead of
-logits, so that every loss computes its log-probabilities without materialising the logits."""
+"""FusedHead: a language model whose forward returns its hidden states and output layer instead of logits."""
 
 from typing import Any
 
@@ -27,27 +26,13 @@ def _hidden_states(out: Any) -> torch.Tensor:
 
 class FusedHead(nn.Module):
     """A language model split into `body` and output layer `head`, whose forward returns
-    `LinearLogits(hidden, weight, bias)` instead of the logits `(..., V)`.
-
-    Every loss of `minilearn.losses` takes the result where it takes logits and computes its
-    log-probabilities with `linear_token_logprobs`: the `(tokens, vocab)` logits are never held,
-    which is most of a large-vocabulary model's training memory. The gradients are the same.
+    `LinearLogits(hidden, weight, bias)` instead of the logits `(..., V)`: same gradients, no logits held.
 
     - `body`: the model without its output layer, returning the last hidden states `(..., D)`: a
-      tensor, a tuple whose first item is one, or a Hugging Face output with `last_hidden_state`
-      (a base model such as `GPT2Model`).
-    - `head`: the output layer: an `nn.Linear` `(D -> V)`, or an `nn.Embedding` or weight
-      `nn.Parameter` `(V, D)` for a head tied to the embedding.
-    - `forward(input_ids, attention_mask=None, **kwargs)` calls `body(input_ids, attention_mask=...,
-      **kwargs)` (attention_mask only when given), so a mapping batch feeds it as it feeds the model.
-
-    The modules are shared, not copied: training the FusedHead trains the wrapped model. It returns
-    `LinearLogits` in evaluation mode too, so validation losses save the same memory. Where the
-    logits are needed (an argmax accuracy metric, generation), call the wrapped model itself, which
-    shares the weights, or `preds.materialize()`.
-
-    `FusedHead.from_causal_lm(model)` wraps a Hugging Face causal LM (`GPT2LMHeadModel`, ...);
-    `TinyCausalLM(fused_head=True)` does the same for minilearn's own model.
+      tensor, a tuple whose first item is one, or a Hugging Face output with `last_hidden_state`.
+    - `head`: an `nn.Linear` `(D -> V)`, or an `nn.Embedding` or `nn.Parameter` `(V, D)` (tied head).
+    - `forward(input_ids, attention_mask=None, **kwargs)` calls `body(input_ids, **kwargs)`, with
+      `attention_mask` only when given. The modules are shared, not copied.
 
     >>> body, head = nn.Embedding(50, 8), nn.Linear(8, 50)
     >>> out = FusedHead(body, head)(torch.zeros(2, 5, dtype=torch.long))
@@ -64,12 +49,8 @@ class FusedHead(nn.Module):
 
     @classmethod
     def from_causal_lm(cls, model: nn.Module) -> "FusedHead":
-        """Wrap a Hugging Face causal LM: its base model (`model.base_model`, for GPT-2
-        `model.transformer`) as the body, `model.get_output_embeddings()` as the head.
-
-        Refuses models that transform the logits after the output layer (soft-capping, a logit
-        scale), whose log-probabilities are not those of the linear layer.
-        """
+        """Wrap a Hugging Face causal LM: `model.base_model` as the body, `model.get_output_embeddings()`
+        as the head; refuses models that transform the logits after the output layer (soft-capping)."""
         head = model.get_output_embeddings()
         if head is None:
             raise ValueError(f"{type(model).__name__}.get_output_embeddings() returned None: the model has no output "

@@ -1,9 +1,7 @@
 """Hugging Face causal-LM batches for the token losses: `labels` into `target_tokens`.
 
-A Hugging Face causal LM takes `labels` unshifted (a copy of `input_ids`, `-100` on padding) and
-shifts them inside its own loss. The token losses here take `target_tokens` already aligned with the
-logits: position t holds the token that position t predicts, so the logits are never sliced (a copy
-of the largest tensor of the step). The two differ by one shift.
+Hugging Face's `labels` are unshifted (a copy of `input_ids`, `-100` on padding); `target_tokens`
+are aligned with the logits (position t holds the token it predicts): they differ by one shift.
 """
 
 from collections.abc import Callable, Mapping
@@ -15,10 +13,8 @@ __all__ = ["targets_from_labels", "LabelsToTargets"]
 
 
 def targets_from_labels(batch: Mapping) -> dict:
-    """`batch` with its `labels` (B, T) replaced by `target_tokens = shift_targets(labels)` (B, T).
-
-    `labels` is dropped, so that a Hugging Face model (whose `forward` takes `labels`) does not also
-    compute its own loss on every batch. Other keys are kept as they are.
+    """`batch` with its `labels` (B, T) replaced by `target_tokens = shift_targets(labels)` (B, T); `labels`
+    is dropped, so a Hugging Face model does not also compute its own loss.
 
     >>> import torch
     >>> targets_from_labels({"input_ids": torch.tensor([[5, 6, 0]]), "labels": torch.tensor([[5, 6, -100]])})
@@ -36,11 +32,7 @@ def targets_from_labels(batch: Mapping) -> dict:
 
 
 class LabelsToTargets:
-    """A collate function: `collate_fn(items)`, then `targets_from_labels`, so that the batches of a
-    Hugging Face collator train with the token losses. Unlike a lambda it can be pickled, so it works
-    in DataLoader worker processes.
-
-    `collate_fn`: for example `DataCollatorForLanguageModeling(tokenizer, mlm=False)`.
+    """A picklable collate function: `collate_fn(items)` (say a Hugging Face collator), then `targets_from_labels`.
 
     >>> import torch
     >>> collate = LabelsToTargets(lambda items: {"input_ids": torch.stack(items), "labels": torch.stack(items)})

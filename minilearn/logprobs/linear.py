@@ -1,25 +1,16 @@
 """Target log-probabilities from hidden states and the output layer, without materialising the logits.
 
-For a language model the logits `hidden @ weight.T + bias`, `(tokens, vocab)`, dominate training
-memory: at 4,096 tokens and a 128k vocabulary they take 2 GiB in float32, and autograd keeps several
-tensors of that size for the backward. A loss only needs `lp_t = logit_t[target_t] - logsumexp(logit_t)`,
-so the forward pass here computes the logits one tile (a chunk of tokens by a chunk of the
-vocabulary) at a time, keeps only each token's logsumexp, and the backward pass recomputes each tile
-to form the gradients of `hidden`, `weight` and `bias`. This is the idea of Liger-Kernel's fused
-linear cross-entropy and Apple's Cut Cross-Entropy, in portable PyTorch and for any loss over
-log-probabilities rather than cross-entropy alone.
-
-`LinearLogits(hidden, weight, bias)` stands in for the logits wherever a loss takes them (see
-`LazyLogits`), so every loss of `minilearn.losses` runs on hidden states unchanged.
+The logits `hidden @ weight.T + bias`, `(tokens, vocab)`, dominate a language model's training
+memory; the forward here computes them one tile (tokens by vocabulary entries) at a time, keeps each
+token's logsumexp, and the backward recomputes each tile: the idea of Liger-Kernel's fused linear
+cross-entropy and Apple's Cut Cross-Entropy, in portable PyTorch, for any loss over log-probabilities.
 """
-
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from minilearn.logprobs.per_token import IGNORE_INDEX, MEMORY_BUDGET_ELEMENTS, token_logprobs
+from minilearn.logprobs.per_token import IGNORE_INDEX, MEMORY_BUDGET_ELEMENTS, slices as _slices, token_logprobs
 
 __all__ = ["LinearLogits", "linear_token_logprobs", "linear_tile_shape"]
 
@@ -31,11 +22,9 @@ def linear_tile_shape(tokens: int, vocab: int, chunk_size: int | tuple[int, int]
                       budget: int = MEMORY_BUDGET_ELEMENTS) -> tuple[int, int]:
     """How many tokens and how many vocabulary entries one tile of logits holds: `(rows, cols)`.
 
-    - `chunk_size=None`: chosen so that a tile holds at most about `budget` elements (32 MiB of
-      float32 by default): all the tokens and as much of the vocabulary as fits (at least 1024
-      entries; then fewer tokens). Tall tiles are the fast shape: each slice of the weight, and of
-      its gradient, is then read and written once, not once for every chunk of tokens.
-    - `chunk_size=rows`: that many tokens a tile, and as much of the vocabulary as the budget allows.
+    - `chunk_size=None`: at most about `budget` elements: all the tokens and as much of the vocabulary
+      as fits (at least 1024 entries, then fewer tokens); tall tiles read each weight slice once.
+    - `chunk_size=rows`: that many tokens, and as much of the vocabulary as the budget allows.
     - `chunk_size=(rows, cols)`: both given.
 
     >>> linear_tile_shape(4096, 128_256)      # every token, 2048 vocabulary entries at a time
@@ -58,11 +47,6 @@ def linear_tile_shape(tokens: int, vocab: int, chunk_size: int | tuple[int, int]
     return min(rows, max(tokens, 1)), min(cols, max(vocab, 1))
 
 
-def _slices(length: int, step: int) -> Iterator[slice]:
-    for start in range(0, length, step):
-        yield slice(start, min(start + step, length))
-
-
 def _logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     return h @ w.T if b is None else torch.addmm(b, h, w.T)
 
@@ -76,9 +60,7 @@ def _logsumexp_(tile: torch.Tensor) -> torch.Tensor:
 class _LinearTargetLogprobs(torch.autograd.Function):
     """`log_softmax(hidden @ weight.T + bias)[r, targets[r, k]]` for 2-d `hidden` `(M, D)`, tile by
     tile; 0 where not `keep`. Saves the per-token logsumexp `(M,)` and nothing of size vocabulary.
-
-    All arithmetic runs in `dtype` (float32 for half inputs, float64 for float64), outside autocast,
-    which would otherwise run the matrix products in bfloat16.
+    Runs in `dtype` outside autocast, which would run the matrix products in bfloat16.
     """
 
     @staticmethod
@@ -147,20 +129,10 @@ class _LinearTargetLogprobs(torch.autograd.Function):
 
 
 class LinearLogits:
-    """The logits `hidden @ weight.T + bias` of a linear output layer, left unmaterialised.
-
-    A model returns it instead of logits (see `minilearn.FusedHead`, or
-    `TinyCausalLM(fused_head=True)`), and every loss of `minilearn.losses` takes it where it takes
-    logits: their log-probabilities then go through `linear_token_logprobs`, which never holds the
-    `(tokens, vocab)` logits.
-
-    - `hidden`: `(..., D)` floating point, the last hidden states (after the final norm).
-    - `weight`: `(V, D)`, the output layer's weight (a tied embedding's weight works too).
-    - `bias`: `(V,)` or None.
-    - `shape` `(..., V)`, `ndim` and `dtype` are those the logits would have.
-
-    `materialize()` computes the real logits, for what needs them all (an argmax accuracy metric,
-    sampling): it costs the memory the fused path saves.
+    """The logits `hidden @ weight.T + bias` of a linear output layer, left unmaterialised: a model
+    returns it instead of logits (`minilearn.FusedHead`), and every loss takes it where it takes logits.
+    `hidden` `(..., D)` (the last hidden states), `weight` `(V, D)`, `bias` `(V,)` or None;
+    `materialize()` computes the real logits, at their full memory.
 
     >>> logits = LinearLogits(torch.zeros(2, 3, 8), torch.zeros(50, 8))
     >>> logits.shape, logits.materialize().shape
@@ -185,23 +157,19 @@ class LinearLogits:
 
     @property
     def shape(self) -> torch.Size:
-        """The shape of the logits: `(*hidden.shape[:-1], V)`."""
         return torch.Size((*self.hidden.shape[:-1], self.weight.shape[0]))
 
     @property
     def ndim(self) -> int:
-        """The number of dimensions of the logits, `hidden.ndim`."""
         return self.hidden.ndim
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype of the logits: hidden's, weight's and bias's, promoted."""
         dtype = torch.promote_types(self.hidden.dtype, self.weight.dtype)
         return dtype if self.bias is None else torch.promote_types(dtype, self.bias.dtype)
 
     @property
     def device(self) -> torch.device:
-        """The device of the hidden states (and the layer)."""
         return self.hidden.device
 
     def materialize(self) -> torch.Tensor:
@@ -211,9 +179,8 @@ class LinearLogits:
 
     def target_logprobs(self, targets: torch.Tensor, keep: torch.Tensor, chunk_size: int | tuple[int, int] | None
                         ) -> torch.Tensor:
-        """Log-probabilities `(M, K)` of `targets` (`(M, K)` ids, M = the number of positions), 0
-        where not `keep`; `chunk_size` as in `linear_tile_shape`. `token_logprobs` calls it; use
-        `linear_token_logprobs` or `token_logprobs` rather than this, as they check the targets."""
+        """`LazyLogits.target_logprobs`, `chunk_size` as in `linear_tile_shape`; unchecked: call
+        `token_logprobs` or `linear_token_logprobs` instead."""
         hidden = self.hidden.reshape(-1, self.hidden.shape[-1])
         dtype = torch.promote_types(self.dtype, torch.float32)  # at least float32, float64 stays
         tile_shape = linear_tile_shape(hidden.shape[0], self.weight.shape[0], chunk_size)
@@ -227,23 +194,15 @@ class LinearLogits:
 def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target_tokens: torch.Tensor,
                           bias: torch.Tensor | None = None, chunk_size: int | tuple[int, int] | None = None,
                           ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Log-probabilities of the target tokens under the logits `hidden @ weight.T + bias`, without
-    ever holding those logits: `token_logprobs(LinearLogits(hidden, weight, bias), ...)`.
+    """Log-probabilities of the target tokens under the logits `hidden @ weight.T + bias`, never held:
+    `token_logprobs(LinearLogits(hidden, weight, bias), ...)`.
 
-    - `hidden`: `(..., D)`; `weight`: `(V, D)`; `bias`: `(V,)` or None. Any floating dtypes: the
-      arithmetic runs in float32 for float16/bfloat16 (float64 stays float64), and the gradients
-      come back in each input's own dtype.
-    - `target_tokens`: integer, `(...)` (one target a position) or `(..., K)` (K candidates a
-      position). Positions equal to `ignore_index` give 0 and no gradient. Bad targets raise the
-      errors of `token_logprobs` (see `check_targets`).
-    - returns: the shape of `target_tokens`, at least float32.
-    - `chunk_size`: tokens a tile, or `(tokens, vocabulary entries)`; by default chosen from a
-      memory budget of about 32 MiB a tile (see `linear_tile_shape`).
+    - `hidden`: `(..., D)`; `weight`: `(V, D)`; `bias`: `(V,)` or None; any floating dtypes (each
+      gradient comes back in its input's dtype). `target_tokens` and the result as in `token_logprobs`.
+    - `chunk_size`: tokens a tile, or `(tokens, vocabulary entries)` (see `linear_tile_shape`).
 
-    Memory: besides the inputs and their gradients, one tile and a few numbers a token. Time: the
-    logits' matrix product runs twice (forward, and again in the backward), so about 4/3 of the
-    matrix products of the naive `log_softmax(hidden @ weight.T)`, which in turn spends its time
-    writing and reading several `(tokens, vocab)` tensors.
+    Memory: one tile and a few numbers a token besides the inputs and gradients. Time: about 4/3 of the
+    matrix products of the naive `log_softmax(hidden @ weight.T)`.
 
     >>> hidden, weight = torch.randn(5, 8, dtype=torch.float64), torch.randn(11, 8, dtype=torch.float64)
     >>> targets = torch.tensor([3, 0, -100, 10, 7])

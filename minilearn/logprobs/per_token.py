@@ -1,12 +1,8 @@
 """Target log-probabilities from logits, in at least float32, without a full log-softmax copy.
 
 `lp_t = logits_t[target_t] - logsumexp(logits_t)`, computed in row chunks, each upcast on its own,
-so neither the forward nor the backward pass holds a float32 copy of the whole `(tokens, vocab)`
-log-softmax, even for bfloat16 logits of a large vocabulary.
-
-The logits may also be `LazyLogits`, logits that are never materialised (such as `LinearLogits`:
-hidden states and the output layer): every loss built on `token_logprobs` then works on them
-unchanged.
+so neither pass holds a float32 copy of the whole `(tokens, vocab)` log-softmax. The logits may
+also be `LazyLogits`, never materialised (such as `LinearLogits`).
 """
 
 from collections.abc import Iterator
@@ -20,20 +16,16 @@ __all__ = ["IGNORE_INDEX", "MEMORY_BUDGET_ELEMENTS", "token_logprobs", "target_l
 # The target id of a position that predicts nothing (padding, a prompt): PyTorch's and Hugging Face's.
 IGNORE_INDEX = -100
 
-# How many float32 values a chunk of the logits (here) or a tile of them (`minilearn.logprobs.linear`)
-# holds at a time, about 32 MiB: large enough that the per-chunk overhead is noise and the matrix
-# products run at full speed, small enough that a chunk's upcast copy and log-softmax stay far below
-# the size of the logits of a large vocabulary.
+# Float32 values a chunk (or a tile, `minilearn.logprobs.linear`) of the logits holds, about 32 MiB:
+# large enough that the per-chunk overhead is noise, far below the logits of a large vocabulary.
 MEMORY_BUDGET_ELEMENTS = 1 << 23
 
 
 @runtime_checkable
 class LazyLogits(Protocol):
     """What `token_logprobs` needs from logits it is not given as a tensor: the `shape` `(..., V)`,
-    `ndim` and `dtype` the logits would have, and `target_logprobs(targets, keep, chunk_size)`,
-    the log-probabilities of `targets` (`(M, K)` integer ids, M = the number of positions), 0 where
-    `keep` (`(M, K)` bool) is False, as an `(M, K)` tensor of at least float32. `LinearLogits` is
-    one.
+    `ndim` and `dtype` the logits would have, and `target_logprobs(targets, keep, chunk_size)`: for
+    `(M, K)` ids and bool `keep`, their `(M, K)` log-probabilities (at least float32), 0 where not `keep`.
     """
 
     shape: torch.Size
@@ -44,19 +36,19 @@ class LazyLogits(Protocol):
         """Log-probabilities `(M, K)` of the targets, 0 where not `keep`."""
 
 
+def shape_or_type(x: object) -> tuple | str:
+    # What an error message shows of an argument: its shape, or the type it has instead of a tensor.
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+
+
 def _shapes(logits: torch.Tensor, targets: torch.Tensor, name: str) -> str:
     return f"{name} shape {tuple(targets.shape)}, logits shape {tuple(logits.shape)}"
 
 
 def check_targets(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tensor, ignore_index: int = IGNORE_INDEX,
                   name: str = "target_tokens") -> None:
-    """Raise a clear error when `target_tokens` cannot index `logits` (shape `(..., V)`); `name` is
-    how the error calls the targets (a loss that takes `input_ids` passes `"input_ids"`).
-
-    - `TypeError`: logits neither a floating-point tensor nor `LazyLogits`, or targets not integer;
-    - `ValueError`: targets neither of shape `logits.shape[:-1]` nor `(*logits.shape[:-1], K)`;
-    - `ValueError`: a target id outside `[0, V)` other than `ignore_index` (checked here, before a
-      `gather` that on a GPU would fail with a device-side assert instead of a message).
+    """Raise a clear error when `target_tokens` (`logits.shape[:-1]`, or with a last K dimension) cannot
+    index `logits` `(..., V)`, named `name`; checked here, as a GPU `gather` would only assert.
 
     >>> check_targets(torch.zeros(2, 5), torch.tensor([4, -100]))
     >>> check_targets(torch.zeros(2, 5), torch.tensor([5, 0]))
@@ -88,21 +80,19 @@ def check_targets(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tensor
                          f"{_shapes(logits, target_tokens, name)}")
 
 
+def slices(length: int, step: int) -> Iterator[slice]:
+    for start in range(0, length, step):
+        yield slice(start, min(start + step, length))
+
+
 def _chunks(rows: int, vocab: int, chunk_rows: int | None) -> Iterator[slice]:
-    step = max(1, chunk_rows or MEMORY_BUDGET_ELEMENTS // max(vocab, 1))
-    for start in range(0, rows, step):
-        yield slice(start, start + step)
+    return slices(rows, max(1, chunk_rows or MEMORY_BUDGET_ELEMENTS // max(vocab, 1)))
 
 
 class _ChunkedTargetLogprobs(torch.autograd.Function):
-    """`log_softmax(logits[r])[t[r, k]]` for the rows `r` of a 2-d `logits`, a chunk of rows at a
-    time; 0 where not `keep`.
-
-    Written by hand because autograd would save each chunk's float32 log-softmax for the backward,
-    which adds up to the full float32 copy this function exists to avoid; the backward recomputes
-    the softmax a chunk at a time from the saved logits instead. Each chunk is a fused `log_softmax`
-    then a `gather`: the same value as `gather - logsumexp`, about twice as fast as `logsumexp`
-    (which runs as separate max, exp and sum passes).
+    """`log_softmax(logits[r])[t[r, k]]` for the rows `r` of a 2-d `logits`, a chunk at a time; 0
+    where not `keep`. By hand because autograd would save each chunk's float32 log-softmax, adding up
+    to the full copy this avoids; a fused `log_softmax` then `gather` is about twice as fast as `logsumexp`.
     """
 
     @staticmethod
@@ -130,20 +120,13 @@ class _ChunkedTargetLogprobs(torch.autograd.Function):
 
 def token_logprobs(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tensor, ignore_index: int = IGNORE_INDEX,
                    chunk_rows: int | None = None) -> torch.Tensor:
-    """Log-probabilities `log softmax(logits)[target]` of the target tokens.
+    """Log-probabilities `log softmax(logits)[target]` of the target tokens, in at least float32.
 
-    - `logits`: `(..., V)`, any floating dtype. Computed in float32 for float16/bfloat16 logits, in
-      float64 for float64 logits (never below float32).
-    - `target_tokens`: integer, `(...)` (one target a position) or `(..., K)` (K candidates a
-      position, as in top-K distillation). Positions equal to `ignore_index` give 0 and no gradient.
+    - `logits`: `(..., V)`, any floating dtype, or `LazyLogits` (such as `LinearLogits`).
+    - `target_tokens`: integer, `(...)` or `(..., K)` (K candidates a position, as in top-K
+      distillation); `ignore_index` gives 0 and no gradient; bad targets raise (`check_targets`).
     - returns: the shape of `target_tokens`.
     - `chunk_rows`: rows of `logits` normalised at a time (default: about 8M elements a chunk).
-
-    `logits` may also be `LazyLogits`, such as `LinearLogits(hidden, weight, bias)`: the
-    log-probabilities then come from `logits.target_logprobs` (for `LinearLogits`, computed from the
-    hidden states without materialising the logits; see `linear_token_logprobs`).
-
-    Bad targets raise a clear error (see `check_targets`).
 
     >>> logits = torch.tensor([[0.0, 0.0], [0.0, 2.0]])
     >>> token_logprobs(logits, torch.tensor([1, -100]))   # log(1/2), and 0 at the ignored position
@@ -157,9 +140,7 @@ def token_logprobs(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tenso
 
 def target_logprobs(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tensor, ignore_index: int = IGNORE_INDEX,
                     chunk_rows: int | None = None) -> torch.Tensor:
-    """`token_logprobs` without its checks of the targets, for a caller that has checked them under
-    its own names (`check_targets(..., name=...)`) or built them itself (`shift_targets`): the same
-    kernel, shapes and dtypes.
+    """`token_logprobs` without its checks of the targets, for a caller that has checked or built them.
 
     >>> target_logprobs(torch.zeros(1, 4), torch.tensor([2]))
     tensor([-1.3863])
@@ -179,11 +160,8 @@ def target_logprobs(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tens
 
 
 def shift_targets(input_ids: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Next-token targets for a causal LM: position t predicts token t+1, so the targets are
-    `input_ids` moved one step left along the last dimension, with `ignore_index` at the end.
-
-    `input_ids`: `(..., T)` integer; returns the same shape, so it pairs with logits `(..., T, V)`
-    without slicing (and copying) the logits.
+    """Next-token targets for a causal LM: `input_ids` `(..., T)` moved one step left, with
+    `ignore_index` at the end; the same shape, so the logits `(..., T, V)` need no slicing (a copy).
 
     >>> shift_targets(torch.tensor([[5, 6, 7]]))
     tensor([[   6,    7, -100]])

@@ -2,17 +2,14 @@
 
 The convention, for a mapping batch of `B` sequences (the one place it is written down):
 
-- The targets are the batch key `target_tokens`, `(B, T)` (one target a position) or `(B, T, K)`
-  (K candidate targets a position), with `IGNORE_INDEX` (-100, `minilearn.logprobs.per_token`) where
-  nothing is predicted.
-- Without `target_tokens`, they are the next tokens of `input_ids` (`shift_targets`): position t
-  predicts token t+1. With an `attention_mask`, a target counts only where both positions t and
-  t+1 are real tokens, so padding (left or right) is never predicted nor predicted from.
-- Sequence i contributes the positions whose target is not `ignore_index`, in order: a tensor of
-  shape `(T_i,)`, or `(T_i, K)` for candidate targets. With candidates, a position counts when all
-  of its K targets are given, and is padding when none is; a mix is an error.
-- Per-token reference log-probabilities in the batch (`ref_logprobs`, shape `(B, T)` or
-  `(B, T, K)`, aligned with the targets) are cut into sequences the same way.
+- The targets are the batch key `target_tokens`, `(B, T)` or `(B, T, K)` (K candidates a position),
+  `IGNORE_INDEX` where nothing is predicted.
+- Without `target_tokens`, they are the next tokens of `input_ids` (`shift_targets`); with an
+  `attention_mask`, a target counts only where positions t and t+1 are both real tokens.
+- Sequence i contributes the positions whose target is not `ignore_index`, in order: `(T_i,)`, or
+  `(T_i, K)` for candidates, where a position counts when all K are given (a mix is an error).
+- Per-token reference log-probabilities in the batch (`ref_logprobs`, `(B, T)` or `(B, T, K)`) are
+  cut into sequences the same way.
 """
 
 from collections.abc import Mapping
@@ -21,14 +18,13 @@ import torch
 
 from minilearn.data import is_mapping
 from minilearn.exceptions import MissingInputError
-from minilearn.logprobs.per_token import IGNORE_INDEX, check_targets, shift_targets, target_logprobs
+from minilearn.logprobs.per_token import IGNORE_INDEX, check_targets, shape_or_type, shift_targets, target_logprobs
 
 __all__ = ["logprob_targets", "target_positions", "split_sequences", "sequence_logprobs"]
 
 
 def logprob_targets(batch: Mapping) -> torch.Tensor:
-    """The targets of a mapping batch, by the convention above: `target_tokens`, or the shifted
-    `input_ids` with padding set to `IGNORE_INDEX`. Returns `(B, T)` or `(B, T, K)`.
+    """The targets `(B, T)` or `(B, T, K)` of a mapping batch, by the convention above.
 
     >>> logprob_targets({"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.tensor([[1, 1, 0]])})
     tensor([[   6, -100, -100]])
@@ -39,16 +35,15 @@ def logprob_targets(batch: Mapping) -> torch.Tensor:
     if "target_tokens" in batch:
         targets = batch["target_tokens"]
         if not isinstance(targets, torch.Tensor) or targets.ndim not in (2, 3):
-            shape = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
-            raise ValueError(f"target_tokens must be a tensor of shape (B, T) or (B, T, K), got {shape}")
+            raise ValueError(f"target_tokens must be a tensor of shape (B, T) or (B, T, K), "
+                             f"got {shape_or_type(targets)}")
         return targets
     if "input_ids" not in batch:
         raise MissingInputError(f"a loss over log-probabilities needs 'target_tokens' or 'input_ids' in the "
                                 f"batch; the batch has keys {list(batch.keys())}")
     ids = batch["input_ids"]
     if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
-        shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
-        raise ValueError(f"input_ids must be a tensor of shape (B, T), got {shape}")
+        raise ValueError(f"input_ids must be a tensor of shape (B, T), got {shape_or_type(ids)}")
     targets = shift_targets(ids, IGNORE_INDEX)
     mask = batch.get("attention_mask")
     if mask is not None:
@@ -89,17 +84,15 @@ def split_sequences(values: torch.Tensor, positions: torch.Tensor, name: str = "
 
 
 def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
-    """Target log-probabilities of each sequence, padding removed: a list of `B` tensors of shape
-    `(T_i,)` (or `(T_i, K)`), from `logits` `(B, T, V)` and `targets` `(B, T)` or `(B, T, K)`.
-
-    Computed by `token_logprobs`'s kernel (at least float32, no full log-softmax copy).
+    """Target log-probabilities of each sequence, padding removed: `B` tensors `(T_i,)` (or `(T_i, K)`),
+    from `logits` `(B, T, V)` and `targets` `(B, T)` or `(B, T, K)`.
 
     >>> lps = sequence_logprobs(torch.zeros(2, 3, 4), torch.tensor([[1, 2, -100], [0, -100, -100]]))
     >>> [lp.shape for lp in lps], lps[1]
     ([torch.Size([2]), torch.Size([1])], tensor([-1.3863]))
     """
     if not isinstance(logits, torch.Tensor) or logits.ndim != 3:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"a loss over log-probabilities needs model logits of shape (B, T, V), got {shape}")
+        raise ValueError(f"a loss over log-probabilities needs model logits of shape (B, T, V), "
+                         f"got {shape_or_type(logits)}")
     check_targets(logits, targets, IGNORE_INDEX)
     return split_sequences(target_logprobs(logits, targets, IGNORE_INDEX), target_positions(targets), "logprobs")

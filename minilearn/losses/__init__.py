@@ -1,22 +1,10 @@
 """Plug-in losses: each a plain function over tensors plus a thin `nn.Module` whose `forward`
 names the batch inputs it takes (see `minilearn.inputs`).
 
-The losses over tokens (`weighted_ce`, `importance_weighted`, `policy_gradient`, `key_token`, built
-on `masked`) are PyTorch losses: they return a 0-dim `LossTensor` (`minilearn.normalized_loss`), a
-`torch.Tensor` that also carries its `.metrics` and, for a loss normalised by a sum of weights or a
-count, its `.total` and `.denominator`, so that the step owner keeps it exact under gradient
-accumulation and several processes. Their log-probabilities come from `minilearn.logprobs`
-(`token_logprobs`: at least float32, no full log-softmax copy; from `LinearLogits` without
-materialising the logits), re-exported here.
-
-For RL post-training, `group_advantages` (GRPO, Dr. GRPO) and `kl_penalty` (k1, k2, k3) make the
-inputs of `PolicyGradientLoss(..., kl_coef, aggregation)` from a round of rollouts
-(`minilearn.sampling`).
-
-The losses over per-sequence log-probabilities (`sequence/`) are built by `make_dpo_loss` (with its IPO
-and hinge kinds), `make_simpo_loss`, `make_bradley_terry_loss`, `make_candidate_ce_loss` and
-`make_variance_loss`: each returns a function `fn(batch, logprobs) -> (loss, metrics)` for
-`LogprobLossCB` and `Learner.forward_backward_custom`, as in Tinker's `forward_backward_custom`.
+The losses over tokens return a 0-dim `LossTensor` (`minilearn.normalized_loss`), exact under
+gradient accumulation and several processes. `group_advantages` and `kl_penalty` make the inputs of
+`PolicyGradientLoss` from a round of rollouts. The losses over per-sequence log-probabilities are in
+`sequence/`.
 """
 
 from minilearn.logprobs.linear import LinearLogits, linear_tile_shape, linear_token_logprobs

@@ -1,9 +1,12 @@
 """Group-relative advantages (GRPO): each completion's reward measured against the other completions
 of the same prompt, so no value model is needed."""
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
+
+from minilearn.logprobs.per_token import shape_or_type
+from minilearn.losses.masked import check_choice
 
 __all__ = ["group_advantages", "AdvantageScale"]
 
@@ -12,17 +15,12 @@ AdvantageScale = Literal["std", "none"]
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: AdvantageScale = "std",
                      eps: float = 1e-4) -> torch.Tensor:
-    """The advantage of each completion within its group of `group_size` completions of one prompt.
+    """The advantage of each completion within its group of `group_size` completions of one prompt:
+    `scale="std"` (GRPO, as TRL's `GRPOTrainer`) `(r - group mean) / (unbiased group std + eps)`, 0 for
+    a group of equal rewards; `scale="none"` (Dr. GRPO) `r - group mean`.
 
-    - `scale="std"` (GRPO): `(r - mean of its group) / (std of its group + eps)`, with the unbiased std
-      (dividing by `group_size - 1`), as TRL's `GRPOTrainer` computes it; a group whose rewards are
-      all equal gets advantage 0 (nothing to learn from it).
-    - `scale="none"` (Dr. GRPO): `r - mean of its group`, which does not favour groups whose rewards
-      barely differ.
-
-    `rewards` `(B,)` with `B` a multiple of `group_size`, groups contiguous (rows `i*group_size` to
-    `(i+1)*group_size - 1` complete prompt i, as `minilearn.sampling.sample` lays them out). Returns
-    `(B,)` in the dtype of `rewards` (float32 for integer rewards).
+    `rewards` `(B,)`, groups of `group_size` contiguous rows (as `minilearn.sampling.sample` lays them
+    out). Returns `(B,)` in the dtype of `rewards` (float32 for integer rewards).
 
     >>> group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0]), group_size=3, scale="none")
     tensor([ 0.6667, -0.3333, -0.3333, -0.6667,  0.3333,  0.3333])
@@ -30,13 +28,11 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: AdvantageSca
     tensor([ 0.7070, -0.7070,  0.0000,  0.0000])
     """
     if not isinstance(rewards, torch.Tensor) or rewards.ndim != 1:
-        got = tuple(rewards.shape) if isinstance(rewards, torch.Tensor) else type(rewards).__name__
-        raise ValueError(f"rewards must be a 1-D tensor (B,), one reward a completion; got {got}")
+        raise ValueError(f"rewards must be a 1-D tensor (B,), one reward a completion; got {shape_or_type(rewards)}")
     if not isinstance(group_size, int) or group_size < 1 or rewards.shape[0] % group_size:
         raise ValueError(f"rewards has {rewards.shape[0]} completions, which is not a whole number of groups of "
                          f"group_size={group_size!r}")
-    if scale not in ("std", "none"):
-        raise ValueError(f"scale must be 'std' or 'none', got {scale!r}")
+    check_choice("scale", scale, get_args(AdvantageScale))
     if scale == "std" and group_size < 2:
         raise ValueError("scale='std' needs group_size >= 2: the std of a group of one completion is undefined")
     r = rewards if rewards.is_floating_point() else rewards.float()

@@ -1,17 +1,13 @@
-"""Weaver's `importance_sampling` loss, here `ImportanceWeightedCrossEntropy`: the weighted token
-cross-entropy with each token's log-likelihood multiplied by an importance weight given as data.
-
-Not to be confused with Tinker's `importance_sampling` loss, `PolicyGradientLoss(kind="importance_sampling")`
-(`minilearn.losses.policy_gradient`): that one is a sum over tokens of the probability ratio
-`exp(lp_t - sampling_lp_t)` times the advantage, the ratio computed from the model inside the loss.
+"""Weaver's `importance_sampling` loss: the weighted token cross-entropy with each token's
+log-likelihood multiplied by an importance weight given as data (Tinker's, whose ratio comes from
+the model, is `PolicyGradientLoss(kind="importance_sampling")`).
 """
 
 import torch
 from torch import nn
 
-from minilearn.logprobs.per_token import IGNORE_INDEX, token_logprobs
-from minilearn.losses.masked import (check_token_values, masked_mean, per_row_weight_normalized, token_mask,
-                                    weight_normalized)
+from minilearn.logprobs.per_token import IGNORE_INDEX
+from minilearn.losses.masked import masked_mean, per_row_weight_normalized, token_inputs, weight_normalized
 from minilearn.normalized_loss import LossTensor
 
 __all__ = ["importance_weighted_cross_entropy", "ImportanceWeightedCrossEntropy"]
@@ -25,18 +21,12 @@ def _check_clip_ratio(clip_ratio: float | None) -> None:
 def importance_weighted_cross_entropy(logits: torch.Tensor, target_tokens: torch.Tensor, weights: torch.Tensor,
                              importance_weights: torch.Tensor, clip_ratio: float | None = None,
                              ignore_index: int = IGNORE_INDEX) -> LossTensor:
-    """`-(sum w_t iw_t lp_t) / (sum w_t)`, with the importance weights `iw_t` clipped to
-    `[-clip_ratio, clip_ratio]` when `clip_ratio` is set; a 0-dim `LossTensor` carrying
-    `total = -(sum w_t iw_t lp_t)` and `denominator = sum w_t` (exact under accumulation and
-    several processes) and the metrics.
+    """`-(sum w_t iw_t lp_t) / (sum w_t)`, the importance weights `iw_t` clipped to `[-clip_ratio, clip_ratio]`
+    when `clip_ratio` is set; a 0-dim `LossTensor` with `total = -(sum w_t iw_t lp_t)`, `denominator = sum w_t`.
 
-    Shapes: `logits` `(..., V)`; `target_tokens` `(...)` or `(..., K)`; `weights` and
-    `importance_weights` the shape of `target_tokens`, finite. `importance_weights` are data (for
-    example ratios computed by the sampler) and are used as given: no gradient flows through them
-    unless the caller's tensor carries one. Positions whose target is `ignore_index` count nowhere.
-
-    Metrics: `mean_importance_weight` (after clipping), `clip_fraction` (share of counted tokens
-    whose weight was clipped), `weight_sum`, `zero_weight_batches`.
+    Shapes: `logits` `(..., V)`; `target_tokens` `(...)` or `(..., K)`, `ignore_index` where nothing
+    counts; `weights` and `importance_weights` (data, used as given) its shape, finite. Metrics:
+    `mean_importance_weight` (clipped), `clip_fraction`, `weight_sum`, `zero_weight_batches`.
 
     >>> logits = torch.zeros(2, 2)
     >>> out = importance_weighted_cross_entropy(logits, torch.tensor([0, 1]), torch.ones(2), torch.tensor([0.5, 4.0]), clip_ratio=2.0)
@@ -50,13 +40,9 @@ def importance_weighted_cross_entropy(logits: torch.Tensor, target_tokens: torch
     return weight_normalized(terms, w, mask, metrics)
 
 
-def _terms(logits: torch.Tensor, target_tokens: torch.Tensor, weights: torch.Tensor, importance_weights: torch.Tensor,
-           clip_ratio: float | None, ignore_index: int) -> tuple[torch.Tensor, ...]:
-    # `w_t iw_t lp_t` (iw clipped), `w_t`, `iw_t`, the clipped `iw_t`, and the mask of counted positions.
-    lp = token_logprobs(logits, target_tokens, ignore_index)
-    check_token_values("weights", weights, target_tokens)
-    check_token_values("importance_weights", importance_weights, target_tokens)
-    w, iw, mask = weights.to(lp.dtype), importance_weights.to(lp.dtype), token_mask(target_tokens, ignore_index)
+def _terms(logits, target_tokens, weights, importance_weights, clip_ratio, ignore_index) -> tuple[torch.Tensor, ...]:
+    lp, mask, w, iw = token_inputs(logits, target_tokens, ignore_index, weights=weights,
+                                   importance_weights=importance_weights)
     clipped = iw if clip_ratio is None else iw.clamp(-clip_ratio, clip_ratio)
     return w * clipped * lp, w, iw, clipped, mask
 

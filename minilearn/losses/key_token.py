@@ -15,9 +15,8 @@ __all__ = ["key_token_weighted_loss", "KeyTokenWeightedLoss"]
 
 def _as_ids(keytoken_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
     ids = torch.as_tensor(keytoken_ids)
-    if ids.numel() == 0:  # no key tokens: every sample weighs alpha (`[]` reads as a float tensor)
-        return ids.reshape(-1).long()
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool or ids.ndim > 1:
+    # An empty list reads as a float tensor: no key tokens, every sample weighs alpha.
+    if ids.numel() and (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool or ids.ndim > 1):
         raise TypeError(f"keytoken_ids must be a sequence of integer token ids, got {keytoken_ids!r}")
     return ids.reshape(-1).long()
 
@@ -26,21 +25,14 @@ def key_token_weighted_loss(logits: torch.Tensor, input_ids: torch.Tensor,
                             keytoken_ids: Sequence[int] | torch.Tensor, alpha: float = 1.0,
                             attention_mask: torch.Tensor | None = None, pad_token_id: int | None = None,
                             ignore_index: int = IGNORE_INDEX) -> LossTensor:
-    """Key-token weighted causal-LM loss.
+    """Key-token weighted causal-LM loss: position t predicts token t+1; `loss_b` is sample b's mean
+    cross-entropy over its non-padding targets, `weight_b = alpha * (1 + key tokens among its non-padding
+    input_ids)`, and the loss the mean over samples of `weight_b * loss_b` (the course's
+    `keytoken_weighted_loss` when nothing is padding), a `LossTensor` with `total = sum_b weight_b loss_b`
+    and `denominator` = the samples with a target.
 
-    Position t predicts token t+1 (the logits are not sliced: the last position has no target). For
-    each sample b: `loss_b` is the mean cross-entropy over its non-padding targets,
-    `weight_b = alpha * (1 + number of key tokens among its non-padding input_ids)`, and the loss is
-    the mean over samples of `weight_b * loss_b`. With no padding this is exactly the course's
-    `keytoken_weighted_loss`, which counts the key tokens over the whole of `input_ids`.
-
-    Returned as a 0-dim `LossTensor` carrying `total = sum_b weight_b loss_b` and `denominator =
-    number of samples`, so the mean is over all the samples of an accumulated or multi-process step. A sample with no
-    non-padding target (all padding, or a single token) counts in neither.
-
-    Shapes: `logits` `(B, T, V)`, `input_ids` `(B, T)` integer. Padding: positions where
-    `attention_mask` is 0, and positions holding `pad_token_id` when it is given. Metric:
-    `mean_sample_weight`.
+    Shapes: `logits` `(B, T, V)`, `input_ids` `(B, T)` integer. Padding: where `attention_mask` is 0
+    or `input_ids` is `pad_token_id`. Metric: `mean_sample_weight`.
 
     >>> logits = torch.zeros(2, 3, 4)                  # every token has probability 1/4
     >>> ids = torch.tensor([[1, 2, 3], [3, 3, 0]])
@@ -54,10 +46,9 @@ def key_token_weighted_loss(logits: torch.Tensor, input_ids: torch.Tensor,
                           {"mean_sample_weight": masked_mean(sample_weight, counted)}).as_tensor()
 
 
-def _weighted_samples(logits: torch.Tensor, input_ids: torch.Tensor, keytoken_ids: Sequence[int] | torch.Tensor,
-                      alpha: float, attention_mask: torch.Tensor | None, pad_token_id: int | None,
-                      ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    # `weight_b * loss_b` of each sample, which samples count (they have a target), and `weight_b`.
+def _weighted_samples(logits, input_ids, keytoken_ids, alpha, attention_mask, pad_token_id,
+                      ignore_index) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # `weight_b * loss_b`, which samples count (they have a target), and `weight_b`.
     check_targets(logits, input_ids, ignore_index, name="input_ids")
     if input_ids.ndim != logits.ndim - 1 or input_ids.ndim < 1:
         raise ValueError(f"input_ids of shape {tuple(input_ids.shape)} must be (..., T) with logits (..., T, V), "
@@ -85,10 +76,7 @@ def _weighted_samples(logits: torch.Tensor, input_ids: torch.Tensor, keytoken_id
 
 class KeyTokenWeightedLoss(nn.Module):
     """`key_token_weighted_loss` as a loss module: `forward(logits, input_ids, attention_mask=None)`
-    names the batch inputs it takes (a Hugging Face style mapping batch gives both).
-
-    `keytoken_ids`: the token ids that raise a sample's weight (for example the ids of `np` and
-    `pd`); `alpha`: the weight scale; `pad_token_id`: padding to exclude besides `attention_mask`.
+    names the batch inputs it takes; `pad_token_id`: padding to exclude besides `attention_mask`.
 
     >>> loss = KeyTokenWeightedLoss([3], alpha=2.0)
     >>> loss(torch.zeros(1, 3, 4), torch.tensor([[1, 2, 0]]))   # no key token: alpha * log(4)
@@ -109,8 +97,7 @@ class KeyTokenWeightedLoss(nn.Module):
 
     def per_item(self, logits: torch.Tensor, input_ids: torch.Tensor,
                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`(B,)`: each sample's `weight_b * loss_b`, the loss it gets alone (0 for a sample without a
-        target), for `Learner.get_preds(with_loss=True)`."""
+        """`(B,)`: each sample's `weight_b * loss_b` (0 without a target), for `Learner.get_preds(with_loss=True)`."""
         weighted, counted, _ = _weighted_samples(logits, input_ids, self.keytoken_ids, self.alpha, attention_mask,
                                                  self.pad_token_id, self.ignore_index)
         return torch.where(counted, weighted, torch.zeros_like(weighted))

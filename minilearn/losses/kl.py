@@ -5,21 +5,18 @@ from typing import Literal
 
 import torch
 
+from minilearn.logprobs.per_token import shape_or_type
+
 __all__ = ["kl_penalty", "KLKind"]
 
 KLKind = Literal["k1", "k2", "k3"]
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: KLKind = "k3") -> torch.Tensor:
-    """Per token, an estimate of `KL(policy || reference)` from `lp = log p(token)` under the policy and
-    `ref = log p_ref(token)` under the reference, the token drawn from the policy:
-
-    - `"k1"`: `lp - ref`, unbiased but noisy (it can be negative);
-    - `"k2"`: `(lp - ref)^2 / 2`, biased, never negative;
-    - `"k3"`: `exp(ref - lp) - (ref - lp) - 1`, unbiased and never negative (what GRPO uses).
-
-    `logprobs` and `ref_logprobs` of one shape (any), returned in that shape. The gradient flows
-    through both (detach the reference: it is frozen).
+    """Per token, an estimate of `KL(policy || reference)` from `lp = log p(token)` and
+    `ref = log p_ref(token)` of a token drawn from the policy, both of one shape (any), returned in it:
+    `"k1"` `lp - ref` (unbiased, noisy, can be negative); `"k2"` `(lp - ref)^2 / 2` (biased, never
+    negative); `"k3"` `exp(ref - lp) - (ref - lp) - 1` (unbiased, never negative; GRPO's).
 
     >>> lp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.0, -1.0])
     >>> kl_penalty(lp, ref, "k1"), kl_penalty(lp, ref, "k2")
@@ -29,10 +26,8 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: KLKind 
     """
     if not (isinstance(logprobs, torch.Tensor) and isinstance(ref_logprobs, torch.Tensor)) \
             or logprobs.shape != ref_logprobs.shape:
-        shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-                  for t in (logprobs, ref_logprobs)]
-        raise ValueError(f"logprobs {shapes[0]} and ref_logprobs {shapes[1]} must be tensors of one shape: "
-                         f"one log-probability a token under each model")
+        raise ValueError(f"logprobs {shape_or_type(logprobs)} and ref_logprobs {shape_or_type(ref_logprobs)} must "
+                         f"be tensors of one shape: one log-probability a token under each model")
     ref = ref_logprobs.to(logprobs.dtype)
     if kind == "k1":
         return logprobs - ref

@@ -3,16 +3,21 @@ positions that count, and sums over it."""
 
 import torch
 
-from minilearn.logprobs.per_token import IGNORE_INDEX
+from minilearn.logprobs.per_token import IGNORE_INDEX, token_logprobs
 from minilearn.normalized_loss import LossTensor, NormalizedLoss
 
 __all__ = ["check_token_values", "token_mask", "masked_sum", "masked_mean", "weight_normalized", "per_row_sums",
            "per_row_weight_normalized"]
 
 
+def check_choice(name: str, value: object, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
 def check_token_values(name: str, values: torch.Tensor, target_tokens: torch.Tensor) -> None:
-    """Raise a clear error unless `values` (weights, advantages, sampler logprobs, ...) is a real
-    tensor of exactly the shape of `target_tokens` with every entry finite.
+    """Raise a clear error unless `values` (weights, advantages, ...) is a real, finite tensor shaped
+    like `target_tokens`.
 
     >>> check_token_values("weights", torch.ones(3), torch.zeros(3, dtype=torch.long))
     >>> check_token_values("weights", torch.ones(2), torch.zeros(3, dtype=torch.long))
@@ -34,6 +39,14 @@ def check_token_values(name: str, values: torch.Tensor, target_tokens: torch.Ten
                          f"{name} shape {tuple(values.shape)}, target_tokens shape {tuple(target_tokens.shape)}")
 
 
+def token_inputs(logits, target_tokens: torch.Tensor, ignore_index: int, **values: torch.Tensor) -> tuple:
+    # (lp, mask, *values): each named per-token input checked and cast to lp's dtype.
+    lp = token_logprobs(logits, target_tokens, ignore_index)
+    for name, v in values.items():
+        check_token_values(name, v, target_tokens)
+    return lp, token_mask(target_tokens, ignore_index), *(v.to(lp.dtype) for v in values.values())
+
+
 def token_mask(target_tokens: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """True where a target counts: every position whose target is not `ignore_index`.
 
@@ -44,10 +57,8 @@ def token_mask(target_tokens: torch.Tensor, ignore_index: int = IGNORE_INDEX) ->
 
 
 def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Sum of `values` where `mask` is True (over all positions, or along `dim`).
-
-    `torch.where` rather than a product, so a value at a masked-out position (even inf or NaN)
-    reaches neither the sum nor the gradient.
+    """Sum of `values` where `mask` is True (over all positions, or along `dim`). `torch.where`, not a
+    product, so a masked-out value (even inf or NaN) reaches neither the sum nor the gradient.
 
     >>> masked_sum(torch.tensor([1.0, float("nan"), 2.0]), torch.tensor([True, False, True]))
     tensor(3.)
@@ -67,13 +78,9 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def weight_normalized(terms: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor,
                       metrics: dict | None = None) -> LossTensor:
-    """`-(sum terms) / (sum weights)` over the positions in `mask`, as a `LossTensor` carrying the
-    parts `total = -(sum terms)` and `denominator = sum weights` (so the step owner can normalise
-    exactly over a whole accumulated, multi-process step).
-
-    `terms` are the weighted log-probabilities (`w_t lp_t`, or `w_t iw_t lp_t`). The metrics get
-    `weight_sum` and `zero_weight_batches` (1.0 when the weights sum to zero: the loss is then 0
-    with zero gradient, not NaN).
+    """`-(sum terms) / (sum weights)` over the positions in `mask`, as a `LossTensor` carrying
+    `total = -(sum terms)` and `denominator = sum weights`; the metrics get `weight_sum` and
+    `zero_weight_batches` (1.0 when the weights sum to zero: the loss is then 0, not NaN).
 
     >>> out = weight_normalized(torch.tensor([-1.0, -4.0]), torch.tensor([1.0, 2.0]), torch.tensor([True, True]))
     >>> out, out.total, out.metrics["zero_weight_batches"]
@@ -96,8 +103,8 @@ def per_row_sums(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def per_row_weight_normalized(terms: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """`(B,)`: `weight_normalized` of each row alone, `-(sum terms) / (sum weights)` within the row,
-    0 for a row whose weights sum to zero: the loss each sequence would get as a batch of its own.
+    """`(B,)`: `weight_normalized` of each row alone (0 for a row whose weights sum to zero), the
+    loss each sequence would get as a batch of its own.
 
     >>> per_row_weight_normalized(torch.tensor([[-1.0, -4.0], [-2.0, 0.0]]), torch.ones(2, 2), torch.ones(2, 2, dtype=torch.bool))
     tensor([2.5000, 1.0000])

@@ -1,9 +1,6 @@
-"""Losses over per-sequence log-probabilities, for `LogprobLossCB` and `Learner.forward_backward_custom`.
-
-Each function here builds a loss: `make_dpo_loss(beta=0.1)` returns a function
-`fn(batch, logprobs) -> (loss, metrics)`, where `logprobs` holds one tensor of target
-log-probabilities a sequence (the convention of `minilearn.logprobs.sequences`), as in Tinker's
-`forward_backward_custom`.
+"""Losses over per-sequence log-probabilities, for `LogprobLossCB` and `Learner.forward_backward_custom`:
+each `make_*_loss(...)` returns `fn(batch, logprobs) -> (loss, metrics)`, `logprobs` one tensor a
+sequence (`minilearn.logprobs.sequences`), as in Tinker's `forward_backward_custom`.
 """
 
 from minilearn.losses.sequence.candidates import make_candidate_ce_loss

@@ -1,17 +1,17 @@
 """Cross-entropy renormalised over a small candidate set: multiple-choice answers."""
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 
 from minilearn.exceptions import MissingInputError
 from minilearn.logprobs.per_token import IGNORE_INDEX
+from minilearn.losses.sequence.preference import SequenceLossFn
 
 __all__ = ["make_candidate_ce_loss"]
 
 
 def _correct(correct_index: int | str, batch: Mapping, n: int, k: int) -> torch.Tensor:
-    # One index into the K candidates for each of the n sequences.
     if isinstance(correct_index, str):
         if correct_index not in batch:
             raise MissingInputError(f"the candidate loss (make_candidate_ce_loss) reads the correct candidates from "
@@ -28,17 +28,13 @@ def _correct(correct_index: int | str, batch: Mapping, n: int, k: int) -> torch.
     return index.long()
 
 
-def make_candidate_ce_loss(correct_index: int | str = "correct_index") -> Callable[[Mapping, list[torch.Tensor]],
-                                                                              tuple[torch.Tensor, dict]]:
+def make_candidate_ce_loss(correct_index: int | str = "correct_index") -> SequenceLossFn:
     """Cross-entropy over the K candidate tokens of each answer position, renormalised over them:
     `-log(p(correct) / sum_k p(candidate_k))`, averaged over all answer positions of the batch.
 
-    For multiple-choice answers: `target_tokens` `(B, T, K)` gives the K candidate tokens (say the
-    tokens of "A", "B", "C", "D") at the answer positions and `IGNORE_INDEX` (-100) elsewhere, so each sequence's
-    log-probabilities are `(T_i, K)`. `correct_index`: which of the K is right, the same for every
-    sequence (an int) or the batch key of a `(B,)` tensor with one index a sequence. Metrics:
-    `accuracy` (the correct candidate is the most likely) and `correct_prob` (its renormalised
-    probability).
+    `target_tokens` `(B, T, K)` gives the candidates (say "A" to "D") at the answer positions, so each
+    sequence's log-probabilities are `(T_i, K)`; `correct_index`: an int, or the batch key of a `(B,)`
+    tensor. Metrics: `accuracy` (the correct candidate is the most likely) and `correct_prob`.
 
     >>> fn = make_candidate_ce_loss(0)
     >>> loss, m = fn({}, [torch.log(torch.tensor([[0.3, 0.1]]))])
@@ -48,9 +44,8 @@ def make_candidate_ce_loss(correct_index: int | str = "correct_index") -> Callab
     def candidate_ce(batch: Mapping, logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         if not logprobs or any(lp.ndim != 2 for lp in logprobs):
             shapes = [tuple(lp.shape) for lp in logprobs]
-            raise ValueError(f"the candidate loss (make_candidate_ce_loss) needs candidate targets: "
-                             f"target_tokens (B, T, K), giving "
-                             f"log-probabilities (T_i, K) a sequence; got shapes {shapes}")
+            raise ValueError(f"the candidate loss (make_candidate_ce_loss) needs candidate targets: target_tokens "
+                             f"(B, T, K), giving log-probabilities (T_i, K) a sequence; got shapes {shapes}")
         k = logprobs[0].shape[1]
         index = _correct(correct_index, batch, len(logprobs), k).to(logprobs[0].device)
         lp = torch.cat(logprobs)                                           # (answer positions, K)

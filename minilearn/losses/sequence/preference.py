@@ -1,13 +1,6 @@
 """Pairwise preference losses over sequence log-probabilities: DPO and its IPO and hinge variants,
-SimPO and Bradley-Terry.
-
-Each is a function `fn(batch, logprobs) -> (loss, metrics)` for `LogprobLossCB` and
-`Learner.forward_backward_custom`. The pairs are laid out in the batch as consecutive sequences:
-sequence `2i` is the chosen (preferred) answer and `2i+1` the rejected one of pair `i` (a collate
-function that emits each pair's two sequences together gives this layout, also when the batch is
-split over processes: the gathered global batch keeps the order). A sequence's score is the sum of
-its target log-probabilities, `log p(answer | prompt)` when the prompt's targets are ignored (SimPO
-takes their mean instead).
+SimPO and Bradley-Terry. Sequence `2i` of a batch is the chosen answer of pair `i`, `2i+1` the
+rejected one; a sequence's score is the sum of its target log-probabilities (SimPO: their mean).
 """
 
 from collections.abc import Callable, Mapping
@@ -19,13 +12,12 @@ from minilearn.exceptions import MissingInputError
 
 __all__ = ["sequence_totals", "pairwise_logistic", "make_bradley_terry_loss", "make_dpo_loss", "make_simpo_loss"]
 
-# The kinds of `make_dpo_loss`, in the order its error message names them.
 _DPO_KINDS = ("sigmoid", "ipo", "hinge")
+SequenceLossFn = Callable[[Mapping, list[torch.Tensor]], tuple[torch.Tensor, dict]]
 
 
 def sequence_totals(logprobs: list[torch.Tensor] | torch.Tensor, name: str = "logprobs") -> torch.Tensor:
-    """`(B,)`: the sum of each sequence's log-probabilities. `logprobs` is a list of per-sequence
-    tensors `(T_i,)`, or already a tensor `(B,)` of sequence totals.
+    """`(B,)`: the sum of each sequence's log-probabilities `(T_i,)`; a `(B,)` tensor of totals as is.
 
     >>> sequence_totals([torch.tensor([-1.0, -2.0]), torch.tensor([-0.5])])
     tensor([-3.0000, -0.5000])
@@ -42,17 +34,15 @@ def sequence_totals(logprobs: list[torch.Tensor] | torch.Tensor, name: str = "lo
     return torch.stack([lp.sum() for lp in logprobs])
 
 
-def _pairs(scores: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    # Sequences 2i (chosen) and 2i+1 (rejected).
+def _pairs(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if scores.shape[0] % 2 or scores.shape[0] == 0:
-        raise ValueError(f"{name} has {scores.shape[0]} sequences; a preference batch needs an even, non-zero "
+        raise ValueError(f"logprobs has {scores.shape[0]} sequences; a preference batch needs an even, non-zero "
                          f"number: sequence 2i chosen, 2i+1 rejected")
     return scores[0::2], scores[1::2]
 
 
 def _pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict:
-    # The metrics every preference loss reports, from each pair's two rewards; detached, since they
-    # are for logging and must not keep the graph alive.
+    # Detached: they are for logging and must not keep the graph alive.
     margin = chosen - rejected
     metrics = {"accuracy": (margin > 0).to(margin.dtype).mean(), "margin": margin.mean(),
                "chosen_reward": chosen.mean(), "rejected_reward": rejected.mean()}
@@ -60,9 +50,8 @@ def _pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict:
 
 
 def pairwise_logistic(chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """`mean(-log sigmoid(chosen - rejected))` over pairs, and its metrics: `accuracy` (the share of
-    pairs with chosen > rejected), `margin` (the mean of chosen - rejected), `chosen_reward` and
-    `rejected_reward` (the means of the two scores). `chosen`, `rejected`: `(P,)`, one score a pair.
+    """`mean(-log sigmoid(chosen - rejected))` over pairs (`chosen`, `rejected`: `(P,)`), and the
+    metrics `accuracy` (share of chosen > rejected), `margin`, `chosen_reward` and `rejected_reward` (means).
 
     >>> loss, m = pairwise_logistic(torch.tensor([1.0]), torch.tensor([1.0]))
     >>> round(loss.item(), 4), m["accuracy"].item()
@@ -71,10 +60,9 @@ def pairwise_logistic(chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[tor
     return -F.logsigmoid(chosen - rejected).mean(), _pair_metrics(chosen, rejected)
 
 
-def make_bradley_terry_loss() -> Callable[[Mapping, list[torch.Tensor]], tuple[torch.Tensor, dict]]:
+def make_bradley_terry_loss() -> SequenceLossFn:
     """The Bradley-Terry loss over pairwise comparisons, each sequence scored by its log-probability
-    `s = sum_t lp_t`: `mean_i -log sigmoid(s_chosen_i - s_rejected_i)` (batch layout in the module
-    docstring). Metrics as in `pairwise_logistic`.
+    `s = sum_t lp_t`: `mean_i -log sigmoid(s_chosen_i - s_rejected_i)`. Metrics as in `pairwise_logistic`.
 
     >>> fn = make_bradley_terry_loss()
     >>> loss, m = fn({}, [torch.tensor([-1.0, -1.0]), torch.tensor([-3.0])])
@@ -82,7 +70,7 @@ def make_bradley_terry_loss() -> Callable[[Mapping, list[torch.Tensor]], tuple[t
     (0.3133, 1.0)
     """
     def bradley_terry(batch: Mapping, logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        return pairwise_logistic(*_pairs(sequence_totals(logprobs), "logprobs"))
+        return pairwise_logistic(*_pairs(sequence_totals(logprobs)))
     return bradley_terry
 
 
@@ -91,27 +79,16 @@ def _check_beta(beta: float) -> None:
         raise ValueError(f"beta must be > 0, got {beta!r}")
 
 
-def make_dpo_loss(beta: float = 0.1, kind: str = "sigmoid") -> Callable[[Mapping, list[torch.Tensor]],
-                                                                    tuple[torch.Tensor, dict]]:
-    """Direct Preference Optimisation (Rafailov et al., 2023) and two variants on the same margin
-    `h_i = (c_i - c_ref_i) - (r_i - r_ref_i)`, where `c`, `r` are the chosen and rejected
-    sequences' log-probabilities (sums over their targets) under the model and `c_ref`, `r_ref`
-    under a frozen reference model:
+def make_dpo_loss(beta: float = 0.1, kind: str = "sigmoid") -> SequenceLossFn:
+    """Direct Preference Optimisation (Rafailov et al., 2023) and two variants on the margin
+    `h_i = (c_i - c_ref_i) - (r_i - r_ref_i)`, `c`, `r` the chosen and rejected sequences'
+    log-probabilities under the model, `c_ref`, `r_ref` under a frozen reference model:
+    `kind="sigmoid"` (DPO) `mean_i -log sigmoid(beta h_i)`; `kind="ipo"` (Azar et al., 2023;
+    torchtune's `IPOLoss(tau=beta)`; TRL's IPO averages where this sums) `mean_i (h_i - 1/(2 beta))^2`;
+    `kind="hinge"` (SLiC / RSO, torchtune's `RSOLoss(gamma=beta)`) `mean_i relu(1 - beta h_i)`.
 
-    - `kind="sigmoid"`: `mean_i -log sigmoid(beta h_i)`, DPO.
-    - `kind="ipo"`: `mean_i (h_i - 1/(2 beta))^2`, IPO (Azar et al., 2023; torchtune's `IPOLoss`
-      with `tau=beta`): it pulls the margin to `1/(2 beta)` instead of pushing it ever higher. TRL
-      averages each sequence's log-probabilities over its tokens for IPO; here the scores are taken
-      as given (sums, as for the other kinds), so a `beta` tuned for TRL's IPO does not carry over.
-    - `kind="hinge"`: `mean_i relu(1 - beta h_i)`, the SLiC / RSO hinge (torchtune's `RSOLoss` with
-      `gamma=beta`, TRL's `"hinge"`).
-
-    Returns `fn(batch, logprobs) -> (loss, metrics)`; `logprobs` holds one tensor `(T_i,)` a
-    sequence, `2i` chosen and `2i+1` rejected (module docstring). The reference comes from
-    `batch["ref_logprobs"]`: per-sequence tensors (what `LogprobLossCB` and `forward_backward_custom`
-    put there from a `ref_model`, or cut from a per-token `(B, T)` tensor in the batch), or a `(B,)`
-    tensor of sequence totals. Metrics, for every kind: `accuracy`, `margin`, `chosen_reward` and
-    `rejected_reward`, the rewards being `beta (log p - log p_ref)`.
+    `batch["ref_logprobs"]`: one tensor `(T_i,)` a sequence, or `(B,)` totals. Metrics as in
+    `pairwise_logistic`, the rewards being `beta (log p - log p_ref)`.
 
     >>> fn = make_dpo_loss(beta=0.5)
     >>> lps = [torch.tensor([-1.0]), torch.tensor([-2.0])]
@@ -134,7 +111,7 @@ def make_dpo_loss(beta: float = 0.1, kind: str = "sigmoid") -> Callable[[Mapping
         if ref.shape != policy.shape:
             raise ValueError(f"ref_logprobs has {ref.shape[0]} sequences but logprobs has {policy.shape[0]}: "
                              f"one reference a sequence")
-        chosen, rejected = _pairs(policy - ref.to(policy.dtype), "logprobs")   # log p - log p_ref
+        chosen, rejected = _pairs(policy - ref.to(policy.dtype))   # log p - log p_ref
         h = chosen - rejected
         if kind == "sigmoid":
             losses = -F.logsigmoid(beta * h)
@@ -146,18 +123,12 @@ def make_dpo_loss(beta: float = 0.1, kind: str = "sigmoid") -> Callable[[Mapping
     return dpo
 
 
-def make_simpo_loss(beta: float = 2.0, gamma_beta_ratio: float = 0.25) -> Callable[[Mapping, list[torch.Tensor]],
-                                                                             tuple[torch.Tensor, dict]]:
-    """SimPO (Meng et al., 2024), a preference loss without a reference model: each sequence is
-    scored by the mean of its target log-probabilities, `s = (sum_t lp_t) / T_i`, so a long answer
-    is not favoured or penalised for its length, and
-    `loss = mean_i -log sigmoid(beta (s_chosen_i - s_rejected_i - gamma_beta_ratio))`, a target
-    reward margin of `gamma = beta * gamma_beta_ratio` (torchtune's `SimPOLoss(beta, gamma)` is
-    `make_simpo_loss(beta, gamma / beta)`).
-
-    Returns `fn(batch, logprobs) -> (loss, metrics)`; `logprobs` holds one tensor `(T_i,)` a
-    sequence, `2i` chosen and `2i+1` rejected (module docstring), each with at least one target.
-    Metrics: `accuracy`, `margin`, `chosen_reward` and `rejected_reward`, the rewards being `beta s`.
+def make_simpo_loss(beta: float = 2.0, gamma_beta_ratio: float = 0.25) -> SequenceLossFn:
+    """SimPO (Meng et al., 2024), without a reference model: each sequence scored by its mean target
+    log-probability `s = (sum_t lp_t) / T_i` (at least one target each), and
+    `loss = mean_i -log sigmoid(beta (s_chosen_i - s_rejected_i - gamma_beta_ratio))` (torchtune's
+    `SimPOLoss(beta, gamma)` is `make_simpo_loss(beta, gamma / beta)`). Metrics as in
+    `pairwise_logistic`, the rewards being `beta s`.
 
     >>> fn = make_simpo_loss(beta=2.0, gamma_beta_ratio=0.25)
     >>> loss, m = fn({}, [torch.tensor([-1.0, -1.0]), torch.tensor([-2.0])])
@@ -177,7 +148,7 @@ def make_simpo_loss(beta: float = 2.0, gamma_beta_ratio: float = 0.25) -> Callab
                              f"at least one target in every sequence; sequences {empty} have none")
         totals = sequence_totals(logprobs)
         lengths = torch.tensor([lp.shape[0] for lp in logprobs], dtype=totals.dtype, device=totals.device)
-        chosen, rejected = _pairs(totals / lengths, "logprobs")
+        chosen, rejected = _pairs(totals / lengths)
         loss = -F.logsigmoid(beta * (chosen - rejected - gamma_beta_ratio)).mean()
         return loss, _pair_metrics(beta * chosen, beta * rejected)
     return simpo

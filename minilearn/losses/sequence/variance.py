@@ -1,20 +1,18 @@
 """A sequence-level loss that couples the whole batch: mean plus variance of the per-sequence loss."""
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
+
+from minilearn.losses.sequence.preference import SequenceLossFn
 
 __all__ = ["make_variance_loss"]
 
 
-def make_variance_loss(weight: float = 1.0) -> Callable[[Mapping, list[torch.Tensor]], tuple[torch.Tensor, dict]]:
-    """`mean_i(l_i) + weight * var_i(l_i)`, where `l_i = -mean_t lp_{i,t}` is sequence i's mean
-    negative log-likelihood and `var` the variance over the batch (dividing by B).
-
-    The variance term pushes the model to do equally well on every sequence rather than well on
-    average; it couples all sequences of the batch, so its gradient for one sequence depends on all
-    the others (the case where the two-pass form lets the batch outgrow memory). Each sequence needs
-    at least one target. Metrics: `mean_nll` and `nll_std`.
+def make_variance_loss(weight: float = 1.0) -> SequenceLossFn:
+    """`mean_i(l_i) + weight * var_i(l_i)`, where `l_i = -mean_t lp_{i,t}` is sequence i's mean negative
+    log-likelihood (at least one target each) and `var` the variance over the batch (dividing by B):
+    it couples the whole batch. Metrics: `mean_nll` and `nll_std`.
 
     >>> fn = make_variance_loss(weight=1.0)
     >>> loss, m = fn({}, [torch.tensor([-1.0, -1.0]), torch.tensor([-3.0])])
