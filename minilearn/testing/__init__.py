@@ -1,8 +1,7 @@
 """Checkers for coursework: run a loss or a callback you wrote and get a report, check by check, of
 what is right and what is wrong with it, as a table in a notebook and as text in a terminal.
 
-`minilearn.testing` builds on both the core and the callback library (it runs your loss under
-`AccelerateCustomCB`), so `import minilearn` does not import it.
+`import minilearn` does not import it: it builds on the callback library (your loss runs under `AccelerateCustomCB`).
 
 >>> from minilearn.testing import check_callback, check_loss
 """

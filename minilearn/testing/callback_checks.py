@@ -25,15 +25,18 @@ _BATCH_PHASE = {"before_batch", "after_batch", "cleanup_batch", "after_predict",
                 "after_step", *STEPS}
 
 
+def _phase(learn: Learner) -> str:
+    return "training" if learn.training else "validation"
+
+
 def _check_events(report: CheckReport, cb: Callback) -> None:
-    wrong = misspelt_events(cb)
-    if wrong:
+    if wrong := misspelt_events(cb):
         report.add("events", False, "; ".join(
             f"{cb.name}.{m} is not an event, so it never runs" + (f" (did you mean {near!r}?)" if near else "")
             for m, near in wrong.items()))
-        return
-    listens = [e for e in EVENTS if callable(getattr(cb, e, None))]
-    report.add("events", True, f"listens to {', '.join(listens)}" if listens else "listens to no event")
+    else:
+        listens = [e for e in EVENTS if callable(getattr(cb, e, None))]
+        report.add("events", True, f"listens to {', '.join(listens)}" if listens else "listens to no event")
 
 
 def _takes_the_learner(method: Any) -> bool:
@@ -42,17 +45,15 @@ def _takes_the_learner(method: Any) -> bool:
     except TypeError:
         return False
     except ValueError:  # no readable signature (a builtin): let the fit find out
-        return True
+        pass
     return True
 
 
 def _check_signatures(report: CheckReport, cb: Callback) -> None:
     wrong = [n for n in EVENTS + STEPS if callable(getattr(cb, n, None)) and not _takes_the_learner(getattr(cb, n))]
-    if wrong:
-        report.add("signatures", False, f"{', '.join(f'{cb.name}.{n}' for n in wrong)} cannot be called as "
-                                        f"method(learn): every event and step method takes the learner")
-    else:
-        report.add("signatures", True, "every event and step method takes the learner")
+    rule = "every event and step method takes the learner"
+    names = ", ".join(f"{cb.name}.{n}" for n in wrong)
+    report.add("signatures", not wrong, f"{names} cannot be called as method(learn): {rule}" if wrong else rule)
 
 
 def _owner(cb: Callback | None) -> str:
@@ -64,22 +65,19 @@ def _check_steps(report: CheckReport, cb: Callback, learn: Learner) -> None:
     with learn.added_cbs(cb):
         during = learn.step_owners
     defined = [s for s in STEPS if callable(getattr(cb, s, None))]
-    shadowed = [s for s in defined if during[s] is not cb]
-    if shadowed:
+    if shadowed := [s for s in defined if during[s] is not cb]:
         report.add("steps", False, "; ".join(
             f"defines {s} but {_owner(during[s])} owns it, so {cb.name}.{s} never runs: give {cb.name} an order "
             f"above {during[s].order} to take it over" for s in shadowed))
-    elif defined:
-        report.add("steps", True, "; ".join(f"takes over {s} from {_owner(before[s])}" for s in defined))
     else:
-        report.add("steps", True, "takes over no step")
+        report.add("steps", True, "; ".join(f"takes over {s} from {_owner(before[s])}" for s in defined)
+                   or "takes over no step")
 
 
 class _LoopObserver(Callback):
-    """Looks at the loop after every other callback has run, at each event of a batch: keeps the first
-    time the model's mode or the gradient switch disagrees with the phase, and records what training
-    computed (each batch's loss and gradients, the weights after the fit) to compare with a fit
-    without the callback."""
+    """Runs after every other callback at each event of a batch: keeps the first time the model's mode or
+    the gradient switch disagrees with the phase, and what training computed (each batch's loss and
+    gradients, the weights after the fit), to compare with a fit without the callback."""
 
     order = Order.CHECK_RECORDER
 
@@ -89,25 +87,26 @@ class _LoopObserver(Callback):
         self.computed: dict[str, list[tuple[str, torch.Tensor]]] = {"loss": [], "gradients": [], "weights": []}
 
     def _look(self, learn: Learner, event: str) -> None:
-        phase = "training" if learn.training else "validation"
         if learn.model.training != learn.training and "mode" not in self.broken:
             mode = "eval" if learn.training else "train"
-            self.broken["mode"] = (f"the model was in {mode} mode at {event} of a {phase} batch; a callback that "
-                                   f"switches it must switch it back before the batch ends")
+            self.broken["mode"] = (f"the model was in {mode} mode at {event} of a {_phase(learn)} batch; a callback "
+                                   f"that switches it must switch it back before the batch ends")
         if torch.is_grad_enabled() != learn.training and "grad" not in self.broken:
             state = "off" if learn.training else "on"
-            self.broken["grad"] = f"gradients were {state} at {event} of a {phase} batch"
+            self.broken["grad"] = f"gradients were {state} at {event} of a {_phase(learn)} batch"
 
     def before_batch(self, learn):
         self.batches_seen += 1
         self._look(learn, "before_batch")
 
     def after_predict(self, learn): self._look(learn, "after_predict")
+    def after_step(self, learn): self._look(learn, "after_step")
+    def after_batch(self, learn): self._look(learn, "after_batch")
 
     def after_loss(self, learn):
         self._look(learn, "after_loss")
-        batch = f"{'training' if learn.training else 'validation'} batch {learn.iter}"
-        self.computed["loss"].append((f"the loss of {batch}", torch.as_tensor(learn.loss).detach().clone()))
+        self.computed["loss"].append((f"the loss of {_phase(learn)} batch {learn.iter}",
+                                      torch.as_tensor(learn.loss).detach().clone()))
 
     def after_backward(self, learn):
         self._look(learn, "after_backward")
@@ -115,17 +114,14 @@ class _LoopObserver(Callback):
                                         p.grad.detach().clone())
                                        for name, p in learn.model.named_parameters() if p.grad is not None]
 
-    def after_step(self, learn): self._look(learn, "after_step")
-    def after_batch(self, learn): self._look(learn, "after_batch")
-
     def after_fit(self, learn):
         self.computed["weights"] = [(f"{name} after the fit", p.detach().clone())
                                     for name, p in learn.model.named_parameters()]
 
 
 def _fit_without(learn: Learner) -> _LoopObserver:
-    """What training computes in the same fit without the callback under test: from the same weights,
-    optimizer state and random state, which are put back afterwards."""
+    """What the same fit computes without the callback under test, from the same weights, optimizer
+    state and random state, which are put back afterwards."""
     weights, opt_state = copy.deepcopy(learn.model.state_dict()), copy.deepcopy(learn.opt.state_dict())
     observer = _LoopObserver()
     try:
@@ -163,14 +159,13 @@ def _changes(without: _LoopObserver, with_cb: _LoopObserver) -> list[str]:
 
 
 def _origin(exc: BaseException, learn: Learner) -> str:
-    """Where in the loop `exc` came from: the event or step the Learner was running and the callback
-    method it was calling then, read from the note the Learner adds to the exception."""
+    """Where in the loop `exc` came from, read from the note the Learner adds to it."""
     origin = raised_by(exc)
     event = origin.event if origin else None
     method = f"{origin.callback}.{event}" if origin and origin.callback else None
     where = f"during {event}" if event else "in fit"
     if event in _BATCH_PHASE:
-        where += f" of {'training' if learn.training else 'validation'} batch {learn.iter}"
+        where += f" of {_phase(learn)} batch {learn.iter}"
     return f"{method or 'fit'} raised {type(exc).__name__}: {exc} ({where})"
 
 
@@ -220,34 +215,24 @@ def _check_fit(report: CheckReport, cb: Callback, learn: Learner, observes: bool
                                        "with gradients on only while training")
     else:
         report.add("invariants", None, "the fit ended before any batch")
-    if changed:
-        report.add("restored", False, "; ".join(changed) + ": undo in cleanup_fit what the callback changed during "
-                                                            "fit (or, for what it keeps while it stays, in removed)")
-    else:
-        report.add("restored", True, "the learner, its model, optimizer settings, data and torch's gradient and "
-                                     "autocast switches are as before fit")
+    report.add("restored", not changed,
+               "; ".join(changed) + ": undo in cleanup_fit what the callback changed during fit (or, for what it "
+               "keeps while it stays, in removed)" if changed else "the learner, its model, optimizer settings, "
+               "data and torch's gradient and autocast switches are as before fit")
 
 
 def check_callback(cb: Callback, learn: Learner | None = None, observes: bool = False) -> CheckReport:
     """Check a callback and report each check with pass/fail and a one-line explanation:
 
-    - `events`: no method looks like an event or step but is not one (`after_batchs`, `get_losss`):
-      it would never run; the nearest real name is given;
+    - `events`: no method looks like an event or step but is not one (`after_batchs`), with the nearest name;
     - `signatures`: every event and step method can be called as `method(learn)`;
-    - `steps`: which steps (`predict get_loss backward step zero_grad`) it takes over, from which
-      callback, and none it defines is owned by a callback of higher order;
-    - `fit`: a fit of two training batches and one validation batch with it runs; an exception is
-      named with the callback method and the event it came from;
-    - `observes` (with `observes=True`, for a callback that must only watch training: a logger, a
-      gradient-norm recorder): the loss of every batch, the gradients of every training batch and
-      the weights after the fit are those of the same fit without it, from the same weights and
-      random state; what changed is named, with the batch, the parameter and by how much;
-    - `invariants`: during that fit, after every callback has run at each event of a batch, the model
-      is in train mode with gradients on in training batches and in eval mode without in validation ones;
-    - `restored`: after the fit the learner is as it was (`learner_fingerprint`): its callbacks,
-      model object and the model's own `forward`, mode, `requires_grad`, dtypes and hooks, the data
-      loaders, the optimizer object and its hyperparameters, loss, learning rate, no attribute added,
-      and torch's gradient and autocast switches.
+    - `steps`: which steps it takes over, from which callback, and none it defines is shadowed;
+    - `fit`: a fit of two training batches and one validation batch with it runs;
+    - `observes` (with `observes=True`, for a callback that must only watch training): the losses,
+      gradients and weights are those of the same fit without it;
+    - `invariants`: at each event of a batch the model is in train mode with gradients on in training
+      batches, and in eval mode without in validation ones;
+    - `restored`: after the fit the learner is as it was (`learner_fingerprint`).
 
     `learn`: the Learner to run it on (default: `tiny_learner()`). It is trained for those two
     batches and keeps its data loaders; pass a fresh one. `cb` is added for the fit only.

@@ -1,11 +1,5 @@
-"""A fingerprint of a Learner: what a callback added for one fit must leave as it found it.
-
-`learner_fingerprint(learn)` before a fit and again after it, then `left_behind(before, after)`, name
-each thing a temporary callback changed and did not put back. What training is meant to change
-(weights, the optimizer's moments, the loop's own state in `minilearn.LOOP_STATE`, a callback's own
-counters, the values kept callbacks refresh, such as the row `learn.epoch_metrics`) is not part of
-the fingerprint.
-"""
+"""A fingerprint of a Learner: what a callback added for one fit must leave as it found it. What training
+is meant to change (weights, optimizer moments, `minilearn.LOOP_STATE`) is not part of it."""
 
 from typing import Any
 
@@ -19,14 +13,14 @@ from minilearn.optim import optimizer_settings
 
 __all__ = ["learner_fingerprint", "left_behind"]
 
-# The learner's own attributes in the fingerprint below, under names of their own.
+# Fingerprinted under names of their own below.
 _NAMED = ("model", "dls", "opt", "loss_func", "opt_func", "lr", "n_inp", "cbs")
 # A fit builds the optimizer when there is none: that is not something left behind.
 _BUILT_BY_FIT = ("learn.opt", "optimizer hyperparameters", "attributes of the optimizer")
 
 
 class _Identity:
-    """Compares by identity, for objects that must be the very same ones after the fit."""
+    """Compares by identity: for objects that must be the very same ones after the fit."""
 
     def __init__(self, obj: Any):
         self.obj = obj
@@ -45,7 +39,7 @@ class _Identity:
 
 
 class _Kind:
-    """Compares by type, for values a kept callback may refresh with a new object of the same kind."""
+    """Compares by type: for values a kept callback may refresh with a new object of the same kind."""
 
     def __init__(self, obj: Any):
         self.kind = type(obj)
@@ -65,18 +59,9 @@ def _plain(value: Any) -> Any:
     return _Identity(value)
 
 
-def _hook_count(model: torch.nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-               + len(m._backward_pre_hooks) for m in model.modules())
-
-
 def learner_fingerprint(learn: Learner) -> dict[str, Any]:
     """What a temporary callback must leave as it found it, each under a readable name: the learner's
-    model object, its own `forward` (not a patched one), the model's attributes, mode, parameter
-    dtypes, `requires_grad` and hooks; the data loaders, optimizer object, hyperparameters and
-    attributes; the loss, lr and callbacks; the other attributes of the learner (plain values such as
-    numbers by value, objects by type: a kept MetricsCB puts a new row on `learn.epoch_metrics` every
-    epoch, but a temporary one must leave it None); and torch's gradient and autocast switches.
+    model, data, optimizer, loss, lr, callbacks and other attributes, and torch's grad and autocast switches.
 
     >>> from minilearn.testing import tiny_learner
     >>> learn = tiny_learner()
@@ -96,7 +81,8 @@ def learner_fingerprint(learn: Learner) -> dict[str, Any]:
         "model mode (training)": model.training,
         "dtypes of the parameters": tuple(str(p.dtype) for p in params),
         "requires_grad of the parameters": tuple(p.requires_grad for p in params),
-        "hooks on the model": _hook_count(model),
+        "hooks on the model": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+                                  + len(m._backward_pre_hooks) for m in model.modules()),
         "learn.dls": _Identity(learn.dls),
         "learn.opt": _Identity(opt),
         "optimizer hyperparameters": None if opt is None else tuple(
@@ -112,6 +98,7 @@ def learner_fingerprint(learn: Learner) -> dict[str, Any]:
         "autocast on CUDA": torch.is_autocast_enabled("cuda"),
     }
     for name, value in vars(learn).items():
+        # Objects by type: a kept MetricsCB refreshes `learn.epoch_metrics`, a temporary one leaves it None.
         if name not in LOOP_STATE and name not in _NAMED and not name.startswith("_"):
             plain = _plain(value)
             fp[f"learn.{name}"] = _Kind(value) if isinstance(plain, _Identity) else plain
@@ -120,22 +107,16 @@ def learner_fingerprint(learn: Learner) -> dict[str, Any]:
 
 def _describe(key: str, before: Any, after: Any) -> str:
     if isinstance(before, frozenset) and isinstance(after, frozenset):
-        parts = []
-        if after - before:
-            parts.append(f"added {sorted(after - before)}")
-        if before - after:
-            parts.append(f"removed {sorted(before - after)}")
+        parts = [f"{verb} {sorted(d)}" for verb, d in (("added", after - before), ("removed", before - after)) if d]
         return f"{key}: {' and '.join(parts)}"
     if key == "optimizer hyperparameters" and before is not None and after is not None:
         diffs = [f"param group {i} {k} {g0.get(k, '(none)')!r} -> {g1.get(k, '(none)')!r}"
                  for i, (g0, g1) in enumerate(zip(before, after)) for k in dict.fromkeys([*g0, *g1])
                  if g0.get(k) != g1.get(k)]
         return f"{key} changed: {', '.join(diffs)}"
-    if key == "the model's forward":
-        def which(f: _Identity) -> str:
-            return "the one of its class" if f.obj is None else f"an instance attribute {f!r}"
-        return f"{key} was {which(before)} before fit and {which(after)} after"
     def show(v: Any) -> str:
+        if key == "the model's forward":
+            return "the one of its class" if v.obj is None else f"an instance attribute {v!r}"
         return "[" + ", ".join(map(repr, v)) + "]" if key == "learn.cbs" else repr(v)
     return f"{key} was {show(before)} before fit and {show(after)} after"
 
@@ -143,10 +124,6 @@ def _describe(key: str, before: Any, after: Any) -> str:
 def left_behind(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """One sentence for each entry of two `learner_fingerprint`s that differs (an empty list when the
     learner is as it was). The optimizer a fit builds when there was none does not count."""
-    changes = []
-    for key in dict.fromkeys([*before, *after]):
-        b, a = before.get(key, "(absent)"), after.get(key, "(absent)")
-        if b == a or (key in _BUILT_BY_FIT and (b is None or b == _Identity(None))):
-            continue
-        changes.append(_describe(key, b, a))
-    return changes
+    pairs = ((k, before.get(k, "(absent)"), after.get(k, "(absent)")) for k in dict.fromkeys([*before, *after]))
+    return [_describe(k, b, a) for k, b, a in pairs
+            if not (b == a or (k in _BUILT_BY_FIT and (b is None or b == _Identity(None))))]

@@ -1,7 +1,6 @@
 """check_loss: run a loss written for minilearn on a sample batch and report, check by check, what is
 right and what is wrong with it, before a grader or a long training run finds out."""
 
-import os
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -14,12 +13,13 @@ from torch.autograd.gradcheck import GradcheckError
 from minilearn.callback import Callback
 from minilearn.callbacks import AccelerateCustomCB, LossCB
 from minilearn.data import DataLoaders, is_mapping, take_rows
+from minilearn.distributed import trains_alone
 from minilearn.exceptions import LossOutputError, MissingInputError
 from minilearn.inputs import Signature, callable_name, loss_call, signature_of, split_loss_output
 from minilearn.learner import Learner
 from minilearn.normalized_loss import LossTensor, NormalizedLoss
 from minilearn.order import Order
-from minilearn.testing.mistakes import loss_mistakes
+from minilearn.testing.mistakes import _UPCAST_HINT, loss_mistakes
 from minilearn.testing.report import CheckReport
 
 __all__ = ["check_loss", "sample_preds", "LOSS_CHECKS"]
@@ -27,10 +27,10 @@ __all__ = ["check_loss", "sample_preds", "LOSS_CHECKS"]
 LOSS_CHECKS: tuple[str, ...] = ("inputs", "scalar", "differentiable", "gradcheck", "reference", "accelerate",
                                 "accumulation", "bf16")
 
-_HALF = (torch.float16, torch.bfloat16)
-_UPCAST_HINT = "x.float() if x.element_size() < 4 else x"
 # Gradients of float32 training steps over the same rows, summed in another order, agree to ~1e-7.
 _STEP_TOLERANCE = 1e-4
+# How closely a value matches a mistake computed in each precision (float64 as closely as the reference).
+_MATCH_RTOL = {torch.float64: 1e-6, torch.float32: 1e-5}
 
 
 def _name(f: Callable) -> str:
@@ -56,12 +56,6 @@ def _bindings(sig: Signature, preds: torch.Tensor, batch: Any, n_inp: int) -> st
     return "; ".join(parts)
 
 
-def _named_inputs(sig: Signature, batch: Any, n_inp: int) -> list[Any]:
-    if is_mapping(batch):
-        return [batch[k] for k in sig.names if k in batch]
-    return list(batch[n_inp:])
-
-
 def sample_preds(loss: Callable, batch: Any, n_inp: int = 1, seed: int = 0) -> torch.Tensor:
     """Random float64 model outputs to check `loss` on when none are given, shaped from the first
     tensor input the loss takes from `batch`: logits `(*t.shape, V)` for integer targets `t`
@@ -73,8 +67,8 @@ def sample_preds(loss: Callable, batch: Any, n_inp: int = 1, seed: int = 0) -> t
     >>> sample_preds(torch.nn.functional.mse_loss, (torch.zeros(8, 3), torch.zeros(8, 1))).shape
     torch.Size([8, 1])
     """
-    g = torch.Generator().manual_seed(seed)
-    for t in _named_inputs(signature_of(loss), batch, n_inp):
+    g, sig = torch.Generator().manual_seed(seed), signature_of(loss)
+    for t in [batch[k] for k in sig.names if k in batch] if is_mapping(batch) else batch[n_inp:]:
         if not isinstance(t, torch.Tensor) or t.dtype == torch.bool or t.is_complex():
             continue
         if t.is_floating_point():
@@ -82,7 +76,7 @@ def sample_preds(loss: Callable, batch: Any, n_inp: int = 1, seed: int = 0) -> t
         vocab = max(int(t.max()) + 1 if t.numel() else 0, 2)
         return torch.randn((*t.shape, vocab), generator=g, dtype=torch.float64)
     raise ValueError(f"check_loss cannot guess the model output for {_name(loss)}: none of the inputs it "
-                     f"takes from the batch ({_bindings(signature_of(loss), torch.empty(0), batch, n_inp)}) is a "
+                     f"takes from the batch ({_bindings(sig, torch.empty(0), batch, n_inp)}) is a "
                      f"numeric tensor; pass preds=<a model output>")
 
 
@@ -90,21 +84,13 @@ def _value(loss: Callable, preds: torch.Tensor, batch: Any, n_inp: int, sig: Sig
     return split_loss_output(loss_call(loss, preds, batch, n_inp, sig), loss)[0]
 
 
-def _value_and_grad(loss: Callable, preds: torch.Tensor, batch: Any, n_inp: int,
-                    sig: Signature) -> tuple[torch.Tensor, torch.Tensor]:
-    x = preds.detach().clone().requires_grad_()
-    value = _value(loss, x, batch, n_inp, sig)
-    return value.detach(), torch.autograd.grad(value, x)[0]
-
-
 def _relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Largest difference of `a` and `b`, relative to the largest magnitude of `b`."""
     return ((a - b).abs().max() / b.abs().max().clamp_min(torch.finfo(b.dtype).tiny)).item()
 
 
 class _PredsModel(nn.Module):
-    """Stands in for a model whose output is `preds`: the gradient of a training step on its one
-    parameter is the gradient of the loss with respect to the model output."""
+    """A model whose output is its one parameter, so a training step's gradient is the loss's
+    gradient with respect to the model output."""
 
     def __init__(self, preds: torch.Tensor):
         super().__init__()
@@ -115,8 +101,7 @@ class _PredsModel(nn.Module):
 
 
 class _ServePreds(Callback):
-    """Owns `predict`: micro-batch `i` gets the rows `row_slices[i]` of the stand-in model's
-    output. Keeps the gradient the optimizer step sees."""
+    """Gives micro-batch `i` the rows `row_slices[i]` of the model output; keeps the stepped gradient."""
 
     order = Order.CHECK_PREDICT
 
@@ -145,8 +130,7 @@ def _accelerate_state_kept():
 
 
 def _step_gradient(preds: torch.Tensor, batch: Any, n_parts: int, step_owner: Callback, n_inp: int) -> torch.Tensor:
-    """The gradient with respect to `preds` of one optimizer step over `batch` cut into `n_parts`
-    micro-batches of consecutive rows, as a Learner with `step_owner` computes it."""
+    """The gradient of one optimizer step with `step_owner` over `batch` cut into `n_parts` micro-batches."""
     n = preds.shape[0]
     cuts = [round(i * n / n_parts) for i in range(n_parts + 1)]
     row_slices = [slice(a, b) for a, b in zip(cuts, cuts[1:])]
@@ -156,10 +140,6 @@ def _step_gradient(preds: torch.Tensor, batch: Any, n_parts: int, step_owner: Ca
                     cbs=[serve, step_owner], n_inp=n_inp)
     learn.fit(1, valid=False)
     return serve.grad
-
-
-def _in_one_process() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) == 1 and not torch.distributed.is_initialized()
 
 
 def _check_split(report: CheckReport, name: str, loss: Callable, preds: torch.Tensor, batch: Any, n_inp: int,
@@ -181,8 +161,7 @@ def _check_split(report: CheckReport, name: str, loss: Callable, preds: torch.Te
         report.add(name, False, f"a training step {what} gives another gradient than the plain loop "
                                 f"(relative gap {gap:.2g})")
     elif _relative_gap(grad * n_parts, plain) <= _STEP_TOLERANCE:
-        # A plain loss is averaged over the micro-batches of a step (as in a hand-written
-        # accumulation loop), so a sum keeps its direction and loses a constant factor.
+        # Plain losses are averaged over a step's micro-batches, so a sum loses only a constant factor.
         report.add(name, True, f"a sum: a training step {what} gives 1/{n_parts} of the whole batch's gradient, the "
                                f"same direction (plain losses are averaged over micro-batches)")
     else:
@@ -198,30 +177,19 @@ def check_loss(loss: Callable, batch: Any, preds: torch.Tensor | None = None, re
     """Run `loss` (an `nn.Module` or a function `loss(preds, *named inputs)`, see `minilearn.inputs`)
     on a sample `batch` and report each check with pass/fail and a one-line explanation:
 
-    - `inputs`: the inputs it names resolve from the batch (and which argument gets what);
-    - `scalar`: it runs and returns a finite scalar tensor, `(scalar, metrics)`, a `NormalizedLoss` or
-      a `LossTensor`;
-    - `differentiable`: the value has a finite, not everywhere zero gradient with respect to `preds`;
-    - `gradcheck`: in float64 that gradient matches finite differences (`torch.autograd.gradcheck`);
-    - `reference`: it equals `reference` (a loss or a formula called the same way) in value and gradient;
-      a value that differs is compared with what each common mistake would give, and the one it
-      matches is named (`mistakes`);
-    - `accelerate`: a training step under `AccelerateCustomCB` gives the plain loop's gradient;
-    - `accumulation`: so does a step over the batch's rows cut into two micro-batches (gradient
-      accumulation 2), which flags a per-micro-batch mean where a weighted total was meant;
-    - `bf16`: with bfloat16 `preds` it still computes, and returns, in float32.
+    - `inputs`: the inputs it names resolve from the batch; `scalar`: it returns a finite scalar,
+      `(scalar, metrics)`, a `NormalizedLoss` or a `LossTensor`;
+    - `differentiable`: a finite, not everywhere zero gradient with respect to `preds`, which
+      `gradcheck` compares with finite differences in float64;
+    - `reference`: it equals `reference` in value and gradient; a differing value is named with the
+      one of `mistakes` (default `loss_mistakes(reference)`) it matches;
+    - `accelerate`, `accumulation`: a training step under `AccelerateCustomCB`, whole or in two
+      micro-batches, gives the plain loop's gradient; `bf16`: bfloat16 `preds` compute in float32.
 
     `batch`: a tuple `(x, y, *extra)` (the loss gets the items after the first `n_inp`) or a mapping.
     `preds`: the model output the loss gets, a floating-point tensor whose first dimension is the
-    batch's; when None, random logits shaped from the batch (`sample_preds`). Checks run in float64
-    (`gradcheck`, `reference`) or float32 (training steps) whatever the dtype of `preds`.
-    `skip`: names of checks not to run, for example `("gradcheck",)` for a loss that stops a gradient
-    on purpose. A loss that fails `inputs`, `scalar` or `differentiable` ends the report there.
-    `mistakes`: wrong versions of `reference` by what is wrong with them, each called like it, to name
-    the one a differing value matches; by default `loss_mistakes(reference)`, the common mistakes of
-    a plug-in loss and of computing in low precision.
-
-    Returns a `CheckReport`: true when every check that ran passed, a table in a notebook.
+    batch's; when None, random logits shaped from the batch (`sample_preds`). `skip`: names of checks
+    not to run. A loss that fails `inputs`, `scalar` or `differentiable` ends the report there.
 
     >>> import torch.nn.functional as F
     >>> batch = (torch.randn(6, 3), torch.randint(0, 4, (6,)))     # (x, y): the loss gets y
@@ -288,42 +256,38 @@ def check_loss(loss: Callable, batch: Any, preds: torch.Tensor | None = None, re
     def value_of(p):
         return _value(loss, p, batch, n_inp, sig)
 
-    if "gradcheck" in runs:
-        if value.dtype != torch.float64:
-            report.add("gradcheck", False, f"float64 preds give a {value.dtype} loss, too coarse to compare with finite "
-                                           f"differences: upcast only half precision ({_UPCAST_HINT}) or use "
-                                           f"minilearn.losses.token_logprobs")
-        else:
-            try:
-                # Past a few thousand numbers the full Jacobian costs too many calls; fast mode
-                # compares it along random directions instead.
-                torch.autograd.gradcheck(value_of, (x.detach().requires_grad_(),), eps=1e-6, atol=1e-5, rtol=1e-3,
-                                         fast_mode=preds.numel() > 2000)
-                report.add("gradcheck", True, "the float64 gradient matches finite differences")
-            except GradcheckError:
-                report.add("gradcheck", False, "the gradient differs from finite differences in float64: part of the "
-                                               "graph is cut (a .detach() on a term that depends on preds) or a "
-                                               "custom backward is wrong; skip=('gradcheck',) if on purpose")
-            except Exception as e:
-                report.add("gradcheck", False, f"gradcheck raised {_error(e)}")
+    if "gradcheck" in runs and value.dtype != torch.float64:
+        report.add("gradcheck", False, f"float64 preds give a {value.dtype} loss, too coarse to compare with finite "
+                                       f"differences: upcast only half precision ({_UPCAST_HINT}) or use "
+                                       f"minilearn.losses.token_logprobs")
+    elif "gradcheck" in runs:
+        try:
+            # Past a few thousand numbers the full Jacobian costs too many calls; fast mode
+            # compares it along random directions instead.
+            torch.autograd.gradcheck(value_of, (x.detach().requires_grad_(),), eps=1e-6, atol=1e-5, rtol=1e-3,
+                                     fast_mode=preds.numel() > 2000)
+            report.add("gradcheck", True, "the float64 gradient matches finite differences")
+        except GradcheckError:
+            report.add("gradcheck", False, "the gradient differs from finite differences in float64: part of the "
+                                           "graph is cut (a .detach() on a term that depends on preds) or a "
+                                           "custom backward is wrong; skip=('gradcheck',) if on purpose")
+        except Exception as e:
+            report.add("gradcheck", False, f"gradcheck raised {_error(e)}")
 
     if "reference" in runs:
         _check_reference(report, value, grad, reference, mistakes, preds64, batch, n_inp)
 
-    split_checks = [name for name in ("accelerate", "accumulation") if name in runs]
-    if split_checks and not _in_one_process():
-        for name in split_checks:
+    splits = {name: n for name, n in (("accelerate", 1), ("accumulation", 2)) if name in runs}
+    one_process = trains_alone()
+    preds32 = preds.detach().float()
+    plain = _step_gradient(preds32, batch, 1, LossCB(loss), n_inp) if splits and one_process else None
+    for name, n_parts in splits.items():
+        if not one_process:
             report.add(name, None, "runs in a single process only")
-    elif split_checks:
-        preds32 = preds.detach().float()
-        plain = _step_gradient(preds32, batch, 1, LossCB(loss), n_inp)
-        if "accelerate" in runs:
-            _check_split(report, "accelerate", loss, preds32, batch, n_inp, 1, plain)
-        if "accumulation" in runs:
-            if preds.shape[0] < 2:
-                report.add("accumulation", None, "needs a batch of at least 2 rows")
-            else:
-                _check_split(report, "accumulation", loss, preds32, batch, n_inp, 2, plain)
+        elif n_parts > 1 and preds.shape[0] < 2:
+            report.add(name, None, "needs a batch of at least 2 rows")
+        else:
+            _check_split(report, name, loss, preds32, batch, n_inp, n_parts, plain)
 
     if "bf16" in runs:
         _check_bf16(report, value_of, preds)
@@ -336,27 +300,24 @@ def _check_reference(report: CheckReport, value: torch.Tensor, grad: torch.Tenso
         report.add("reference", None, "no reference given")
         return
     sig = signature_of(reference)
+    x = preds.detach().clone().requires_grad_()
     try:
-        ref_value, ref_grad = _value_and_grad(reference, preds, batch, n_inp, sig)
+        ref_value = _value(reference, x, batch, n_inp, sig)
+        ref_grad = torch.autograd.grad(ref_value, x)[0]
     except Exception as e:
         report.add("reference", False, f"the reference {_name(reference)} raised {_error(e)}")
         return
     # Compared as numbers: a float32 value against a float64 reference is a difference of precision, not of type.
-    value = value.detach().double()
+    value, ref_value = value.detach().double(), ref_value.detach()
     if not torch.allclose(value, ref_value.double(), rtol=1e-6, atol=1e-8):
         mistake = _matching_mistake(value, loss_mistakes(reference) if mistakes is None else mistakes,
                                     preds, batch, n_inp, sig)
         report.add("reference", False, f"value {value.item():.8g} but the reference {_name(reference)} gives "
                                        f"{ref_value.item():.8g}{mistake}")
-    elif _relative_gap(grad, ref_grad) > 1e-6:
-        report.add("reference", False, f"the values agree but the gradients differ (relative gap "
-                                       f"{_relative_gap(grad, ref_grad):.2g})")
+    elif (gap := _relative_gap(grad, ref_grad)) > 1e-6:
+        report.add("reference", False, f"the values agree but the gradients differ (relative gap {gap:.2g})")
     else:
         report.add("reference", True, f"equals {_name(reference)} in value and gradient (float64)")
-
-
-# How closely a value matches a mistake computed in each precision (float64 as closely as the reference).
-_MATCH_RTOL = {torch.float64: 1e-6, torch.float32: 1e-5}
 
 
 def _matching_mistake(value: torch.Tensor, mistakes: Mapping[str, Callable], preds: torch.Tensor, batch: Any,
@@ -383,7 +344,7 @@ def _check_bf16(report: CheckReport, value_of: Callable, preds: torch.Tensor) ->
     except Exception as e:
         report.add("bf16", False, f"raised {_error(e)} with bfloat16 preds")
         return
-    if got.dtype in _HALF:
+    if got.dtype in (torch.float16, torch.bfloat16):
         report.add("bf16", False, f"bfloat16 preds give a {got.dtype} loss: compute in float32, upcasting the preds "
                                   f"first ({_UPCAST_HINT}) or with minilearn.losses.token_logprobs")
     elif not torch.allclose(got.float(), want, rtol=1e-4, atol=1e-6):

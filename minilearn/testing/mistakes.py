@@ -1,8 +1,5 @@
-"""The common mistakes of a loss, each written as the wrong loss it makes: when a loss differs from its
-reference, `check_loss` computes what each mistake would give and names the one the value matches.
-
-A mistake is a loss called exactly like the reference (the same model output and named inputs), so a
-teacher can add the mistakes of an exercise's own reference:
+"""The common mistakes of a loss, each written as the wrong loss it makes, called exactly like the reference,
+so a teacher can add the mistakes of an exercise's own reference:
 
 >>> import torch.nn.functional as F
 >>> mistakes = {"without the mean over the batch": lambda logits, y: F.cross_entropy(logits, y, reduction="sum")}
@@ -10,6 +7,7 @@ teacher can add the mistakes of an exercise's own reference:
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 
@@ -17,11 +15,12 @@ from minilearn.losses import KeyTokenWeightedLoss, WeightedCrossEntropy, shift_t
 
 __all__ = ["loss_mistakes"]
 
+_UPCAST_HINT = "x.float() if x.element_size() < 4 else x"
+
 
 def _key_token(ref: KeyTokenWeightedLoss, logits: torch.Tensor, input_ids: torch.Tensor,
                attention_mask: torch.Tensor | None = None, *, shift: bool = True, per_row: bool = True,
                offset: float = 1.0, reduce: Callable = torch.mean) -> torch.Tensor:
-    # KeyTokenWeightedLoss written out plainly, with one step of it done another way.
     keep = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     if ref.pad_token_id is not None:
         keep &= input_ids != ref.pad_token_id
@@ -50,7 +49,6 @@ def _key_token_mistakes(ref: KeyTokenWeightedLoss) -> dict[str, Callable]:
 def _weighted_ce(ref: WeightedCrossEntropy, logits: torch.Tensor, target_tokens: torch.Tensor,
                  weights: torch.Tensor | None = None, *, weighted: bool = True,
                  divide: str = "weights") -> torch.Tensor:
-    # WeightedCrossEntropy written out plainly, divided by the sum of the `weights`, the number of `targets`, or 1.
     lp = token_logprobs(logits, target_tokens, ref.ignore_index)
     counted = (target_tokens != ref.ignore_index).to(lp.dtype)
     w = (weights.to(lp.dtype) if weighted and weights is not None else torch.ones_like(lp)) * counted
@@ -71,25 +69,19 @@ def _weighted_ce_mistakes(ref: WeightedCrossEntropy) -> dict[str, Callable]:
     }
 
 
-# One table of named mistakes per plug-in loss: the loss class, and what makes its mistakes.
 _MISTAKES: dict[type, Callable[[torch.nn.Module], dict[str, Callable]]] = {
     KeyTokenWeightedLoss: _key_token_mistakes,
     WeightedCrossEntropy: _weighted_ce_mistakes,
 }
 
 
-def _in_precision(reference: Callable, dtype: torch.dtype) -> Callable:
-    def loss(preds, *args, **kwargs):
-        return reference(preds.to(dtype), *args, **kwargs)
-    return loss
+def _in_precision(reference: Callable, dtype: torch.dtype, preds: torch.Tensor, *args, **kwargs) -> Any:
+    return reference(preds.to(dtype), *args, **kwargs)
 
 
 def loss_mistakes(reference: Callable) -> dict[str, Callable]:
-    """The common mistakes of `reference`, by what each gets wrong, as the wrong losses they make (each
-    called like `reference`): computing in float32 or bfloat16 for any loss, and for a plug-in loss
-    (`KeyTokenWeightedLoss`, `WeightedCrossEntropy`) the mistakes of its formula: a missing shift, a
-    mean over the wrong axis, weights without their offset, a sum for a mean, ... `check_loss` reads
-    this table when its `reference` check fails.
+    """The common mistakes of `reference` by what each gets wrong, as the wrong losses they make: computing in
+    float32 or bfloat16, and for a plug-in loss (`KeyTokenWeightedLoss`, `WeightedCrossEntropy`) its formula's.
 
     >>> from minilearn.losses import KeyTokenWeightedLoss
     >>> [name.split(" (")[0] for name in loss_mistakes(KeyTokenWeightedLoss([3]))][:3]
@@ -97,8 +89,9 @@ def loss_mistakes(reference: Callable) -> dict[str, Callable]:
     """
     precision = {
         "computed in float32 (float64 preds turned into float32: upcast only half precision, "
-        "x.float() if x.element_size() < 4 else x)": _in_precision(reference, torch.float32),
-        "computed in bfloat16 (the preds cast down to half precision)": _in_precision(reference, torch.bfloat16),
+        f"{_UPCAST_HINT})": partial(_in_precision, reference, torch.float32),
+        "computed in bfloat16 (the preds cast down to half precision)":
+            partial(_in_precision, reference, torch.bfloat16),
     }
     table = _MISTAKES.get(type(reference))
     return {**precision, **(table(reference) if table else {})}

@@ -16,8 +16,7 @@ class CheckFailed(AssertionError):
 
 @dataclass(frozen=True)
 class Check:
-    """One check of a report: its `name`, whether it `passed` (None: skipped, with the reason in
-    `explanation`) and a one-line `explanation` of what was found."""
+    """One check of a report: its `name`, whether it `passed` (None: skipped) and a one-line `explanation`."""
 
     name: str
     passed: bool | None
@@ -25,7 +24,6 @@ class Check:
 
     @property
     def result(self) -> str:
-        """`"pass"`, `"FAIL"` or `"skip"`."""
         return {True: "pass", False: "FAIL", None: "skip"}[self.passed]
 
 
@@ -39,8 +37,6 @@ def _describe(value: Any) -> str:
 
 
 def _as_number(value: Any) -> float | None:
-    """`value` as a Python number whatever holds it (a 0-dim or one-element tensor, a numpy scalar, a
-    Python number), or None when it is not one number."""
     if isinstance(value, (str, bytes)):
         return None
     try:
@@ -50,17 +46,9 @@ def _as_number(value: Any) -> float | None:
     return t.item() if t.numel() == 1 and not t.is_complex() else None
 
 
-def _as_numbers(value: Any) -> list | None:
-    """The items of a list, a tuple or a 1-dim tensor or array; None for anything else."""
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return list(value) if getattr(value, "ndim", None) == 1 else None
-
-
 def _closeness(name: str, got: Any, expected: Any, rtol: float, atol: float) -> tuple[bool, str]:
-    """Whether `got` equals `expected` as numbers, and what was found, in words."""
     if isinstance(expected, (list, tuple)):
-        items = _as_numbers(got)
+        items = list(got) if isinstance(got, (list, tuple)) or getattr(got, "ndim", None) == 1 else None
         want = [round(float(e), 6) for e in expected]
         if items is None:
             return False, f"{name} is {_describe(got)}, not a sequence of numbers (expected {want})"
@@ -86,10 +74,8 @@ _RESULT_STYLE = {"pass": "color:#1a7f37", "FAIL": "color:#cf222e;font-weight:bol
 class CheckReport:
     """The checks a checker ran on `subject` (a loss or a callback), in the order it ran them.
 
-    Its truth value is "every check that ran passed" (skipped checks neither pass nor fail), so a
-    grader can write `assert check_loss(...)`. A bare `assert` does not print the report, though:
-    in a notebook end the cell with `report.raise_if_failed()`, which raises `CheckFailed` listing
-    the failed checks and otherwise returns the report, shown as a table.
+    True when every check that ran passed; a bare `assert report` does not print the report, so end a
+    notebook cell with `report.raise_if_failed()` instead.
 
     >>> report = CheckReport("my_loss").add("scalar", True, "returns a scalar").add("bf16", False, "bfloat16")
     >>> bool(report), [c.name for c in report.failed]
@@ -111,10 +97,8 @@ class CheckReport:
 
     def add_close(self, name: str, got: Any, expected: float | Sequence[float], rtol: float = 1e-5,
                   atol: float = 1e-8) -> "CheckReport":
-        """Append a check that `got` equals `expected` (a number or a list of numbers) as numbers,
-        whatever holds them: Python numbers, numpy scalars, 0-dim or one-element tensors, and for a
-        list, a list, tuple or 1-dim tensor of them. What is not a number where one is expected (a
-        tensor of two elements, None) fails, named with its type or shape. Returns the report.
+        """Append a check that `got` equals `expected` (a number or a list of numbers) as numbers, whatever
+        holds them (numpy scalars, one-element tensors; for a list, a list, tuple or 1-dim tensor of them).
 
         >>> report = CheckReport("norms").add_close("norms", [torch.tensor(0.5), 1.25], [0.5, 1.25])
         >>> report.add_close("loss", torch.ones(2), 1.0).checks[1].explanation
@@ -126,7 +110,6 @@ class CheckReport:
 
     @property
     def failed(self) -> list[Check]:
-        """The checks that failed."""
         return [c for c in self.checks if c.passed is False]
 
     def __bool__(self) -> bool:
@@ -134,11 +117,9 @@ class CheckReport:
 
     def summary(self) -> str:
         """One line: the subject and how many checks passed, failed and were skipped."""
-        counts = {r: sum(c.result == r for c in self.checks) for r in ("pass", "FAIL", "skip")}
-        parts = [f"{counts['pass']} passed", f"{counts['FAIL']} failed"]
-        if counts["skip"]:
-            parts.append(f"{counts['skip']} skipped")
-        return f"{self.subject}: {', '.join(parts)}"
+        n = {r: sum(c.result == r for c in self.checks) for r in ("pass", "FAIL", "skip")}
+        skipped = f", {n['skip']} skipped" if n["skip"] else ""
+        return f"{self.subject}: {n['pass']} passed, {n['FAIL']} failed{skipped}"
 
     def _lines(self, checks: list[Check]) -> list[str]:
         width = max((len(c.name) for c in checks), default=0)
