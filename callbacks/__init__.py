@@ -5,7 +5,7 @@ that every ready callback is found in one place.
 """
 
 from minilearn.callbacks.activation_stats import ActivationStatsCB
-from minilearn.callbacks.accelerate import AccelerateCB, AccelerateCustomCB, reset_accelerate_state
+from minilearn.callbacks.accelerate import AccelerateCB, AccelerateCustomCB
 from minilearn.callbacks.csv_logger import CSVLoggerCB
 from minilearn.callbacks.debug import SingleBatchCB
 from minilearn.callbacks.device import DeviceCB
@@ -22,6 +22,7 @@ from minilearn.callbacks.save_model import SaveModelCB
 from minilearn.callbacks.schedule import BatchSchedCB, OneCycleCB
 from minilearn.callbacks.terminate_nan import TerminateOnNaNCB
 from minilearn.callbacks.tracker import TrackerCB
+from minilearn.distributed import reset_accelerate_state
 from minilearn.lr_finder import LRFinderCB
 from minilearn.train import TrainCB
 

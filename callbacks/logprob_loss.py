@@ -1,11 +1,8 @@
 """LogprobLossCB: a loss over per-sequence target log-probabilities in the `fit` loop."""
 
-from collections.abc import Callable
-
 import torch
 
 from minilearn.callback import Callback, method_owner
-from minilearn.callbacks.accelerate import AccelerateCB
 from minilearn.logprobs.forward_backward import (CustomLossStep, LogprobLossFn, apply_custom_loss_gradients,
                                                  custom_loss_step)
 from minilearn.inputs import select_output
@@ -30,10 +27,10 @@ class LogprobLossCB(Callback):
     - `ref_model`: a frozen reference model, run without grad in eval mode; `fn` finds its
       per-sequence log-probabilities in `batch["ref_logprobs"]` (for `make_dpo_loss`).
 
-    Under AccelerateCB (below this callback in `Order`), back-propagation goes through the
-    accelerator (gradient accumulation, fp16 scaling) and, with several processes, `fn` sees the
-    gathered batch and log-probabilities of every process while each process back-propagates its
-    own sequences: the gradient equals one process's on the whole global batch.
+    Back-propagation goes through the step owner's `learn.gradients` (under AccelerateCB, the accelerator:
+    gradient accumulation, fp16 scaling) and, with several processes, `fn` sees the gathered batch and
+    log-probabilities of every process while each process back-propagates its own sequences: the gradient
+    equals one process's on the whole global batch.
 
     >>> from minilearn.losses import make_dpo_loss
     >>> # learn.fit(1, cbs=LogprobLossCB(make_dpo_loss(beta=0.1), two_pass=True, micro_batch_size=4, ref_model=ref))
@@ -48,14 +45,12 @@ class LogprobLossCB(Callback):
         if micro_batch_size is not None and not two_pass:
             raise ValueError(f"micro_batch_size={micro_batch_size} needs two_pass=True")
         self.fn, self.two_pass, self.micro_batch_size, self.ref_model = fn, two_pass, micro_batch_size, ref_model
-        self._accelerate: AccelerateCB | None = None
         self._step: CustomLossStep | None = None
         self._skip_predict = False
         self._beneath: Callback | None = None  # the owner of predict beneath this one, during a fit
 
     def before_fit(self, learn):
         self._beneath = self._predict_owner_beneath(learn)
-        self._accelerate = next((cb for cb in learn.cbs if isinstance(cb, AccelerateCB)), None)
         if self.ref_model is not None:
             self.ref_model.to(next(learn.model.parameters()).device)
 
@@ -88,16 +83,15 @@ class LogprobLossCB(Callback):
         self._step, self._skip_predict = None, False
 
     def get_loss(self, learn):
-        # Under AccelerateCB, validation batches and predictions were already gathered from every process.
-        gathered = not learn.training and self._accelerate is not None
+        # A validation batch is whole already: the owner of several processes gathered it (AccelerateCB).
         logits = None if learn.preds is None else select_output(learn.preds, "logits")
         self._step = custom_loss_step(learn, learn.batch, self.fn, self.two_pass, self.micro_batch_size,
-                                      self.ref_model, logits, gather=not gathered)
+                                      self.ref_model, logits, gather=learn.training)
         learn.loss, learn.loss_metrics, learn.loss_parts = self._step.loss, self._step.metrics, None
 
     def backward(self, learn):
-        backward: Callable | None = self._accelerate.acc.backward if self._accelerate else None
-        apply_custom_loss_gradients(learn, self._step, self.micro_batch_size, backward)
+        learn.gradients.backward(learn.loss, ends_step=learn.ends_step, backward=lambda backward_fn:
+                                 apply_custom_loss_gradients(learn, self._step, self.micro_batch_size, backward_fn))
 
     def __repr__(self) -> str:
         return f"{self.name}({getattr(self.fn, '__qualname__', self.fn)!r}, two_pass={self.two_pass}, order={self.order})"

@@ -2,12 +2,14 @@
 
 import difflib
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from minilearn.events import EVENTS, STEPS
 
 __all__ = ["Callback", "listeners", "method_owner", "dispatch_table", "misspelt_events", "warn_misspelt_events",
-           "MisspeltEventWarning", "FASTAI_EVENTS"]
+           "MisspeltEventWarning", "FASTAI_EVENTS", "replacing"]
 
 _EVENT_PREFIXES = ("before_", "after_", "cleanup_")
 
@@ -140,3 +142,25 @@ def warn_misspelt_events(cb: Callback) -> None:
         else:
             what = "looks like an event or step but is not one" + (f" (did you mean {near!r}?)" if near else "")
         warnings.warn(f"{cb.name}.{attr} {what}, so it will never run", MisspeltEventWarning, stacklevel=3)
+
+
+@contextmanager
+def replacing(obj: Any, **attrs: Any) -> Iterator[Any]:
+    """Set attributes of `obj` (a learner) for the length of a `with` block; the old values are put back
+    however the block ends, so a pass run inside a fit (or between fits) leaves the loop's state as it was.
+
+    >>> class Box: x = 1
+    >>> box = Box()
+    >>> with replacing(box, x=2): print(box.x)
+    2
+    >>> box.x
+    1
+    """
+    old = {name: getattr(obj, name) for name in attrs}
+    for name, value in attrs.items():
+        setattr(obj, name, value)
+    try:
+        yield obj
+    finally:
+        for name, value in old.items():
+            setattr(obj, name, value)

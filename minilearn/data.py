@@ -7,8 +7,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["DataLoaders", "to_device", "is_mapping", "is_per_row", "take_rows", "batch_size", "default_device",
+__all__ = ["IGNORE_INDEX", "DataLoaders", "batches_in_pass", "to_device", "is_mapping", "is_per_row", "take_rows", "batch_size", "default_device",
            "describe", "looks_padded"]
+
+# The target id of a position that predicts nothing (padding, a prompt): PyTorch's and Hugging Face's.
+IGNORE_INDEX = -100
 
 
 def default_device() -> torch.device:
@@ -169,3 +172,17 @@ def looks_padded(input_ids: Any) -> tuple[str, int] | None:
             if (runs >= 2).sum() >= enough and runs.min() < runs.max() and is_token.sum() == runs.sum():
                 return side, token
     return None
+
+
+def batches_in_pass(loader: Any, needed_by: str) -> int | None:
+    """The number of batches of a pass over `loader`, for `needed_by` (a callback whose last accumulation
+    window must end with the pass); None for a `DataLoader` without a length (Accelerate's prepared loader
+    then says when its last batch comes); any other loader without `len()` is refused."""
+    try:
+        return len(loader)
+    except TypeError:
+        if isinstance(loader, DataLoader):
+            return None
+        raise TypeError(f"{needed_by} needs to know where a training pass ends, so that its last micro-batches still "
+                        f"make a step, but the training loader ({type(loader).__name__}) has no len(): pass a "
+                        f"DataLoader or a list of batches") from None

@@ -1,22 +1,47 @@
-"""Gathering per-sequence values of different lengths from every process (pad, gather, unpad).
+"""Several processes: how many there are, gathering values of different lengths from every one (pad,
+gather, unpad) under one padding table, and Accelerate's process-wide state.
 
-Used by losses over log-probabilities, whose function sees the whole global batch: each process
-holds its share of the sequences, in the order of the processes' ranks. In one process (no
-`torch.distributed` group, or a group of one) every function here returns its input.
+Each process holds its share of a batch, in the order of the processes' ranks. In one process (no
+`torch.distributed` group, or a group of one) every gathering function here returns its input.
 """
 
+import atexit
+import functools
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from accelerate.state import AcceleratorState, GradientState, PartialState
 
-from minilearn.data import is_per_row
+from minilearn.data import IGNORE_INDEX, is_per_row
 
-__all__ = ["world_size", "rank", "sum_across_processes", "pad_across_processes", "all_gather_padded", "gather_sequences", "gather_batch",
-           "gather_objects", "barrier", "is_main_process", "cat_padded"]
+__all__ = ["world_size", "rank", "launched_processes", "trains_alone", "sum_across_processes", "pad_across_processes",
+           "all_gather_padded", "gather_sequences", "gather_batch", "gather_objects", "barrier", "is_main_process",
+           "cat_padded", "PADDING", "pad_value", "reset_accelerate_state", "shut_down_process_group_at_exit"]
+
+# How a batch's tensors are padded where sequences of different lengths are joined (across batches or
+# processes): targets with IGNORE_INDEX (nothing is predicted there), anything else with 0: masks, weights,
+# and `input_ids` (a reference model may run on them, so they stay token ids; the attention_mask marks them).
+PADDING: dict[str, int] = {"target_tokens": IGNORE_INDEX, "labels": IGNORE_INDEX}
+
+# How long, at exit, the process group's worker threads get to finish releasing their last collective.
+_EXIT_GRACE_SECONDS = 0.25
+
+
+def pad_value(key: str | None, t: torch.Tensor, padding: dict[str, float] = PADDING) -> float:
+    """What pads `t`, the batch item `key` (None for an item of a tuple batch, where an integer tensor is a
+    target), when sequences of different lengths are joined.
+
+    >>> pad_value("target_tokens", torch.zeros(2, dtype=torch.long)), pad_value(None, torch.zeros(2, dtype=torch.long))
+    (-100, -100)
+    """
+    if key is None:
+        return 0 if t.is_floating_point() or t.dtype == torch.bool else IGNORE_INDEX
+    return padding.get(key, 0)
 
 
 def world_size() -> int:
@@ -27,6 +52,47 @@ def world_size() -> int:
 def rank() -> int:
     """This process's rank (0 without a `torch.distributed` group)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def launched_processes() -> int:
+    """The number of processes the launcher (torchrun, `accelerate launch`) started: its `WORLD_SIZE`, else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def trains_alone() -> bool:
+    """True in a process that trains alone: not started as one of several, and in no process group."""
+    return launched_processes() == 1 and world_size() == 1 and not (dist.is_available() and dist.is_initialized())
+
+
+def reset_accelerate_state(keep_process_setup: bool = False) -> None:
+    """Forget Accelerate's process-wide settings (its `AcceleratorState` and `GradientState` singletons, and
+    unless `keep_process_setup` its `PartialState`) in a process that trains alone.
+
+    `AccelerateCB` does it (keeping the process setup) when it is built in one process, so that each callback
+    starts afresh. Call it before `accelerate.notebook_launcher(train, num_processes=2)` in a notebook that
+    has already trained with Accelerate: the launcher refuses to start processes once an `Accelerator` exists.
+    """
+    if not trains_alone():
+        raise RuntimeError("reset_accelerate_state is for a process that trains alone; this one is one of several, "
+                           "whose state Accelerate still needs")
+    AcceleratorState._reset_state(reset_partial_state=not keep_process_setup)
+    GradientState._reset_state()
+
+
+@functools.cache  # once per process
+def shut_down_process_group_at_exit() -> None:
+    """Shut the process group down at exit, once its worker threads have let go of their last tensors.
+
+    A gloo collective's tensors are released by one of the group's worker threads after the collective has
+    completed, which takes the GIL. A worker that gets there only once the interpreter has begun to
+    finalize is stopped inside a C++ destructor, which aborts the process (SIGABRT) at the very end of a
+    run that went well. So at exit, while Python still runs threads: sleep (handing the GIL over), then
+    shut the group down as Accelerate's `end_training` does. (Not at the end of a fit: the next fit needs it.)
+    """
+    def shut_down():
+        time.sleep(_EXIT_GRACE_SECONDS)
+        PartialState().destroy_process_group()
+    atexit.register(shut_down)
 
 
 def is_main_process() -> bool:
@@ -150,10 +216,10 @@ def gather_sequences(seqs: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]
     return gathered, start
 
 
-def gather_batch(batch: Mapping, n: int, pad_values: Mapping[str, float]) -> dict[str, Any]:
+def gather_batch(batch: Mapping, n: int, padding: Mapping[str, float] = PADDING) -> dict[str, Any]:
     """The global batch: every tensor of `batch` whose first dimension is the `n` local sequences is
     joined with the other processes' along that dimension, in rank order, its other dimensions
-    padded on the right to the largest (with `pad_values[key]`, else 0). Lists of `n` per-sequence
+    padded on the right to the largest (`padding`). Lists of `n` per-sequence
     tensors are gathered with `gather_sequences`. Anything else is this process's value.
     """
     if world_size() == 1:
@@ -161,8 +227,8 @@ def gather_batch(batch: Mapping, n: int, pad_values: Mapping[str, float]) -> dic
     out = {}
     for key, value in batch.items():
         if is_per_row(value, n):
-            parts = all_gather_padded(value, pad_values.get(key, 0))
-            out[key] = cat_padded(parts, pad_values.get(key, 0))
+            parts = all_gather_padded(value, padding.get(key, 0))
+            out[key] = cat_padded(parts, padding.get(key, 0))
         elif isinstance(value, list) and len(value) == n and all(isinstance(v, torch.Tensor) for v in value):
             out[key] = gather_sequences(value)[0]
         else:

@@ -20,7 +20,7 @@ from minilearn.data import is_mapping
 from minilearn.exceptions import LossOutputError, MissingInputError
 from minilearn.normalized_loss import LossTensor, NormalizedLoss
 
-__all__ = ["Signature", "signature_of", "LastCall", "model_input_names", "input_module",
+__all__ = ["float32_outputs", "model_inputs", "Signature", "signature_of", "LastCall", "model_input_names", "input_module",
            "model_call", "loss_call", "per_item_losses", "select_output",
            "split_loss_output",
            "store_loss", "callable_name"]
@@ -98,6 +98,31 @@ def model_input_names(sig: Signature) -> tuple[str, ...]:
     ('input_ids', 'attention_mask')
     """
     return ((sig.first,) if sig.first else ()) + sig.names
+
+
+def model_inputs(model: Callable) -> tuple[str, ...]:
+    """The keys of a mapping batch that go to `model`: the parameters its `forward` names, looked for in
+    the module inside its wrappers (`input_module`).
+
+    >>> model_inputs(lambda input_ids, attention_mask=None: 0)
+    ('input_ids', 'attention_mask')
+    """
+    return model_input_names(signature_of(input_module(model)))
+
+
+def float32_outputs(x: Any) -> Any:
+    """Every half-precision floating tensor of a nested model output upcast to float32 (float64 stays), for a
+    loss computed in float32 under mixed precision. `LinearLogits` pass unchanged: their log-probabilities
+    are computed in float32 anyway, and an upcast copy of the output layer is what they exist to avoid."""
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.is_floating_point() and x.element_size() < 4 else x
+    if isinstance(x, tuple) and not hasattr(x, "_fields"):
+        return tuple(float32_outputs(v) for v in x)
+    if isinstance(x, dict):
+        return {k: float32_outputs(v) for k, v in x.items()}
+    if hasattr(x, "logits") and isinstance(x.logits, torch.Tensor):
+        x.logits = float32_outputs(x.logits)
+    return x
 
 
 def input_module(model: Callable) -> Callable:

@@ -19,6 +19,7 @@ from minilearn.distributed import is_main_process
 from minilearn.events import EVENTS, STEPS, TRAIN_BATCH, VALID_BATCH
 from minilearn.exceptions import (CancelBatchException, CancelEpochException, CancelFitException, UnknownEventError,
                                   loop_note, loss_left_unset, where_in_fit)
+from minilearn.normalized_loss import StepGradients
 from minilearn.logprobs.forward_backward import CustomLossResult, LogprobLossFn, forward_backward_custom
 from minilearn.lr_finder import SuggestedLRs, lr_find
 from minilearn.predictions import Predictions, get_preds, top_losses
@@ -92,6 +93,9 @@ class Learner:
         self.pass_is_sharded = False
         # AccelerateCB: the loss scaler of float16 training (None otherwise); checkpoints keep its state.
         self.grad_scaler = None
+        # The step owner's (AccelerateCB's under Accelerate): what turns each micro-batch's loss into the
+        # step's exact gradient, for every owner of backward to call, and whether this micro-batch ends a step.
+        self.gradients, self.ends_step = StepGradients(), True
         self.position = TrainingPosition()
         cbs = L(cbs)
         self.add_cbs(cbs if any(isinstance(cb, TrainCB) for cb in cbs) else [TrainCB(), *cbs])

@@ -12,11 +12,16 @@ accumulation and several processes divide by the total of the whole optimizer st
 """
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["NormalizedLoss", "LossTensor", "loss_kind"]
+__all__ = ["NormalizedLoss", "LossTensor", "loss_kind", "StepGradients"]
+
+# PyTorch's own, also where a library patches `Tensor.as_subclass` (fastai's copies the tensor's attributes
+# along, which would give a plain view of a loss its parts).
+_as_subclass = torch._C.TensorBase.as_subclass
 
 
 @dataclass
@@ -126,7 +131,7 @@ class LossTensor(torch.Tensor):
         # this LossTensor itself: give a plain view of it instead.
         with torch._C.DisableTorchFunctionSubclass():
             out = func(*args, **(kwargs or {}))
-            return out.as_subclass(torch.Tensor) if isinstance(out, LossTensor) else out
+            return _as_subclass(out, torch.Tensor) if isinstance(out, LossTensor) else out
 
     def __format__(self, format_spec: str) -> str:
         # torch formats only plain tensors as numbers (f"{loss:.4f}")
@@ -134,7 +139,7 @@ class LossTensor(torch.Tensor):
 
     def __deepcopy__(self, memo: dict) -> "LossTensor":
         # As for a plain tensor, only a loss without a graph can be deep-copied.
-        parts = (self.as_subclass(torch.Tensor), self.total, self.denominator, self.metrics)
+        parts = (_as_subclass(self, torch.Tensor), self.total, self.denominator, self.metrics)
         copied = _loss_tensor(*copy.deepcopy(parts, memo))
         memo[id(self)] = copied
         return copied
@@ -163,10 +168,78 @@ def loss_kind(loss: torch.Tensor, parts: NormalizedLoss | None, earlier: str | N
     return kind
 
 
+class StepGradients:
+    """The one place where losses become the gradients of an optimizer step, exactly normalised.
+
+    The step owner keeps one on `learn.gradients`; every owner of `backward` calls
+    `learn.gradients.backward(learn.loss, learn.loss_parts, learn.ends_step)` for each micro-batch, and the
+    step owner calls `finish(model, micro_batches)` once the step's last micro-batch is back-propagated:
+
+    - a ratio (a loss with `parts`): each micro-batch back-propagates its `total`; `finish` divides the
+      gradients by the sum of the denominators over the micro-batches and the `processes` (`reduce` adds
+      them up across processes). Alone in its step, in one process, the ratio is back-propagated as it is;
+    - a sum-reduced loss: the gradient of the sum over the whole global batch (DDP's average undone);
+    - any other scalar: the mean over the step's `micro_batches` (and, by DDP's average, the processes).
+
+    `backward_fn(loss)` back-propagates one scalar: `Tensor.backward`, or AccelerateCB's accelerator.
+
+    >>> w = torch.tensor([2.0], requires_grad=True)
+    >>> grads = StepGradients()
+    >>> for x, n in ((3.0, 1.0), (5.0, 3.0)):  # two micro-batches of a loss sum(w * x) / n
+    ...     grads.backward(*[NormalizedLoss(w.sum() * x, n).as_tensor()] * 2, ends_step=False)
+    >>> grads.finish([w]); w.grad  # (3 + 5) / (1 + 3)
+    tensor([2.])
+    """
+
+    def __init__(self, backward_fn: Callable[[torch.Tensor], None] = torch.Tensor.backward, processes: int = 1,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t):
+        self.backward_fn, self.processes, self.reduce = backward_fn, processes, reduce
+        self.kind: str | None = None  # what this step's micro-batches returned so far (None: nothing yet)
+        self.denominator: torch.Tensor | None = None
+
+    def backward(self, loss: torch.Tensor, parts: "LossTensor | None" = None, ends_step: bool = True,
+                 backward: Callable[[Callable], None] | None = None) -> None:
+        """Back-propagate one micro-batch's `loss` (`parts`: the `LossTensor` with a denominator, or None).
+        `backward(backward_fn)`, when given, back-propagates the micro-batch its own way (LogprobLossCB's
+        surrogate passes) with the step owner's `backward_fn`; `loss` then only says its kind."""
+        kind = loss_kind(loss, parts, self.kind, "earlier micro-batches of this step")
+        if ends_step and self.kind is None and self.processes == 1:  # alone in its step: exact as it is
+            parts = None
+        else:
+            self.kind = kind
+        if backward is not None:
+            backward(self.backward_fn)
+        elif parts is None:
+            self.backward_fn(loss)
+        else:
+            self.backward_fn(parts.total)
+            d = parts.denominator.to(torch.promote_types(parts.denominator.dtype, torch.float32))  # float64 stays
+            self.denominator = d if self.denominator is None else self.denominator + d
+
+    def finish(self, params, micro_batches: int = 1) -> None:
+        """Scale the gradients of `params` (an iterable of parameters) to those of the whole step, and start
+        the next step afresh. The gradients hold the sum over the step's micro-batches, averaged over the
+        processes by DDP."""
+        kind, denominator, p = self.kind, self.denominator, self.processes
+        self.kind = self.denominator = None
+        if denominator is not None:
+            total = self.reduce(denominator)
+            scale = torch.where(total != 0, p / total, torch.zeros_like(total))
+        elif kind == "sum" and p > 1:
+            scale = float(p)
+        elif kind != "sum" and micro_batches > 1:
+            scale = 1.0 / micro_batches
+        else:
+            return
+        for param in params:
+            if param.grad is not None:  # a Python float is exact in the gradients' own dtype
+                param.grad.mul_(scale.to(param.grad.dtype) if isinstance(scale, torch.Tensor) else scale)
+
+
 def _loss_tensor(value: torch.Tensor, total: torch.Tensor, denominator: torch.Tensor | None,
                  metrics: dict | None) -> LossTensor:
     # `as_subclass` keeps the autograd graph (the result is an alias of `value`, not a new leaf).
     with torch._C.DisableTorchFunctionSubclass():
-        out = value.as_subclass(LossTensor)
+        out = _as_subclass(value, LossTensor)
     out.total, out.denominator, out.metrics = total, denominator, dict(metrics or {})
     return out

@@ -32,7 +32,7 @@ class Order:
     ACCELERATE = 20
     # Owns get_loss and backward over AccelerateCB, whose step and prepared model it uses.
     LOGPROB_LOSS = 30
-    # Clips at after_backward, once the owner of backward has left the gradients in place.
+    # Clips at after_backward, once AccelerateCB (lower) has made the gradients those of the whole step.
     GRAD_CLIP = 30
     # Only watches (its hooks record during the forward pass): anywhere after the device is set.
     ACTIVATION_STATS = 35

@@ -1,23 +1,19 @@
 """`Learner.get_preds` and `Learner.top_losses`: the model's outputs over a whole data loader, the
 targets beside them, and one loss per item, for looking at what the model gets right and wrong."""
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import torch
 from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 
+from minilearn.callback import replacing
 from minilearn.data import batch_size, is_mapping, take_rows
-from minilearn.distributed import cat_padded, world_size
-from minilearn.inputs import input_module, model_input_names, signature_of
+from minilearn.distributed import PADDING, cat_padded, pad_across_processes, pad_value, world_size
+from minilearn.inputs import model_inputs
 from minilearn.logprobs.linear import LinearLogits
-from minilearn.logprobs.per_token import IGNORE_INDEX
-from minilearn.train import TrainCB
 
-__all__ = ["Predictions", "get_preds", "get_preds_with_inputs", "top_losses", "pad_value", "TARGET_KEYS"]
-
-# Keys whose padding is "no target" rather than 0 (masks, weights, ids pad with 0).
-TARGET_KEYS: tuple[str, ...] = ("target_tokens", "labels")
+__all__ = ["Predictions", "get_preds", "get_preds_with_inputs", "top_losses", "gather_valid_batch"]
 
 
 class Predictions(NamedTuple):
@@ -28,18 +24,6 @@ class Predictions(NamedTuple):
     preds: Any
     targets: Any
     losses: torch.Tensor | None
-
-
-def pad_value(key: str | None, t: torch.Tensor) -> float:
-    """What pads `t` when sequences of different lengths are joined: `IGNORE_INDEX` for targets (the
-    keys `target_tokens`, `labels`, or an integer item of a tuple batch), else 0.
-
-    >>> pad_value("target_tokens", torch.zeros(2, dtype=torch.long)), pad_value("attention_mask", torch.zeros(2))
-    (-100, 0)
-    """
-    if key is None:
-        return 0 if t.is_floating_point() or t.dtype == torch.bool else IGNORE_INDEX
-    return IGNORE_INDEX if key in TARGET_KEYS else 0
 
 
 def _join(parts: list, key: str | None = None) -> Any:
@@ -59,9 +43,7 @@ def _join(parts: list, key: str | None = None) -> Any:
 def _split(learn, batch: Any) -> tuple[Any, Any]:
     # (what the model takes, the rest): for a tuple batch one tensor each where there is one.
     if is_mapping(batch):
-        train = next((cb for cb in learn.cbs if isinstance(cb, TrainCB)), None)
-        names = train.model_input_names(learn.model) if train else model_input_names(
-            signature_of(input_module(learn.model)))
+        names = model_inputs(learn.model)
         return ({k: v for k, v in batch.items() if k in names}, {k: v for k, v in batch.items() if k not in names})
     inputs, rest = tuple(batch[:learn.n_inp]), tuple(batch[learn.n_inp:])
     return inputs[0] if len(inputs) == 1 else inputs, rest[0] if len(rest) == 1 else rest
@@ -96,11 +78,9 @@ def _item_losses(learn, rows: int) -> list[torch.Tensor]:
     # loss without a per-item form of its own).
     preds, batch, out = learn.preds, learn.batch, []
     for i in range(rows):
-        learn.preds = _row(preds, i, rows)
-        learn.batch = take_rows(batch, slice(i, i + 1), rows)
-        learn.get_loss()
-        out.append(learn.loss.detach().as_subclass(torch.Tensor))
-    learn.preds, learn.batch = preds, batch
+        with replacing(learn, preds=_row(preds, i, rows), batch=take_rows(batch, slice(i, i + 1), rows)):
+            learn.get_loss()
+            out.append(learn.loss.detach().as_subclass(torch.Tensor))
     return out
 
 
@@ -126,32 +106,59 @@ def _predict(learn, dl: Any, with_loss: bool, inputs: list | None) -> Prediction
         raise ValueError(f"under {world_size()} processes get_preds needs a loader Accelerate prepared (so that each "
                          f"process predicts its share and the shares are gathered once): learn.dls.valid after a fit "
                          f"with AccelerateCB, or accelerator.prepare(dl); got a {type(dl).__name__}")
-    saved = (learn.dl, learn.training, learn.batch, learn.preds, learn.loss, learn.loss_parts, learn.loss_metrics)
     was_training = learn.model.training
     preds, targets, losses = [], [], []
-    try:
-        learn.model.eval()
-        learn.training, learn.dl = False, dl
-        with torch.no_grad():
-            for learn.batch in dl:
-                learn.callback("before_batch")  # devices: DeviceCB, AccelerateCB
-                learn.predict()
-                learn.callback("after_predict")  # AccelerateCB gathers the processes' outputs here
-                preds.append(_detached(learn.preds))
-                model_inputs, rest = _split(learn, learn.batch)
-                targets.append(rest)
-                if inputs is not None:
-                    inputs.append(model_inputs)
-                if with_loss:
-                    owner = learn.step_owners["get_loss"]
-                    own = owner.item_losses(learn) if hasattr(owner, "item_losses") else None
-                    losses += list(own.detach()) if own is not None else _item_losses(learn, batch_size(learn.batch))
-    finally:
-        learn.model.train(was_training)
-        learn.dl, learn.training, learn.batch, learn.preds, learn.loss, learn.loss_parts, learn.loss_metrics = saved
+    # A validation pass's batch events and steps, without the epoch's: the owners of predict and get_loss,
+    # the device and gathering callbacks run as in validation, and cleanup_batch however a batch ends.
+    with replacing(learn, dl=dl, training=False, iter=0, batch=None, preds=None, loss=None, loss_parts=None,
+                   loss_metrics={}), torch.no_grad():
+        try:
+            learn.model.eval()
+            for learn.iter, learn.batch in enumerate(dl):
+                try:
+                    learn.callback("before_batch")
+                    learn.predict()
+                    learn.callback("after_predict")  # AccelerateCB gathers the processes' outputs here
+                    preds.append(_detached(learn.preds))
+                    model_input, rest = _split(learn, learn.batch)
+                    targets.append(rest)
+                    if inputs is not None:
+                        inputs.append(model_input)
+                    if with_loss:
+                        owner = learn.step_owners["get_loss"]
+                        own = owner.item_losses(learn) if hasattr(owner, "item_losses") else None
+                        losses += list(own.detach()) if own is not None else _item_losses(learn, batch_size(learn.batch))
+                finally:
+                    learn.callback("cleanup_batch")
+        finally:
+            learn.model.train(was_training)
     if not preds:
         raise ValueError("get_preds was given a loader without batches")
     return Predictions(_join(preds), _join(targets), torch.stack(losses) if with_loss else None)
+
+
+def gather_valid_batch(gather: Callable, preds: Any, batch: Any, padding: Mapping[str, float] = PADDING) -> tuple[Any, Any]:
+    """`(preds, batch)` of every process joined, for validation metrics over the whole set: `gather` is
+    Accelerate's `gather_for_metrics` (which drops the duplicates even sharding adds). Each tensor is first
+    padded to the longest on any process (`padding` per key; a tuple batch pads integer tensors as targets).
+    Model outputs of any kind: a tensor, a tuple, a Hugging Face `ModelOutput`, `LinearLogits` (every process
+    holds the same output layer: only the hidden states are gathered)."""
+    if is_mapping(batch):
+        batch = {k: pad_across_processes(v, padding.get(k, 0)) if isinstance(v, torch.Tensor) else v
+                 for k, v in batch.items()}
+    else:
+        batch = type(batch)(pad_across_processes(v, pad_value(None, v)) if isinstance(v, torch.Tensor) else v
+                            for v in batch)
+    if isinstance(preds, LinearLogits):
+        hidden, batch = gather((pad_across_processes(preds.hidden), batch))
+        return LinearLogits(hidden, preds.weight, preds.bias), batch
+    if isinstance(preds, Mapping):  # a ModelOutput: its tensors (a cache object stays behind)
+        gathered, batch = gather(({k: pad_across_processes(v) for k, v in preds.items() if isinstance(v, torch.Tensor)},
+                                  batch))
+        return type(preds)(**gathered), batch
+    if isinstance(preds, tuple):
+        return gather((tuple(pad_across_processes(v) for v in preds), batch))
+    return gather((pad_across_processes(preds), batch))
 
 
 def top_losses(learn, k: int = 9, dl: Any = None) -> tuple[torch.Tensor, torch.Tensor]:

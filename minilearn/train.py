@@ -7,7 +7,8 @@ import torch
 
 from minilearn.callback import Callback
 from minilearn.data import is_mapping, looks_padded
-from minilearn.inputs import (LastCall, callable_name, input_module, loss_call, model_call, model_input_names,
+from minilearn import inputs
+from minilearn.inputs import (LastCall, callable_name, input_module, loss_call, model_call,
                               per_item_losses, signature_of, store_loss)
 from minilearn.order import Order
 
@@ -44,7 +45,7 @@ class TrainCB(Callback):
         self.model_inputs = tuple(model_inputs) if model_inputs is not None else None
         # Found again only when the loss or model object changes (AccelerateCB replaces the model), not per batch.
         self._loss_signature = LastCall(signature_of)
-        self._model_input_names = LastCall(lambda model: model_input_names(signature_of(input_module(model))))
+        self._model_input_names = LastCall(inputs.model_inputs)
         self._defaults = LastCall(lambda model: {"use_cache": False} if "use_cache" in self._model_input_names(model)
                                   else None)
         self._first_batch = False  # set at before_fit: the first training batch is then checked
@@ -117,9 +118,7 @@ class TrainCB(Callback):
         return per_item_losses(learn.loss_func, learn.preds, learn.batch, learn.n_inp)
 
     def backward(self, learn):
-        # One micro-batch per step here, so the ratio of a loss with a denominator (a LossTensor
-        # from NormalizedLoss or a plug-in loss) already has the exact gradient.
-        learn.loss.backward()
+        learn.gradients.backward(learn.loss, learn.loss_parts, learn.ends_step)
 
     def step(self, learn):
         learn.opt.step()

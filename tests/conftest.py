@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from minilearn import DataLoaders, Learner
+from minilearn import Callback, DataLoaders, Learner
+from minilearn.callbacks import reset_accelerate_state
 
 
 def regression_dls(n_train=40, n_valid=16, bs=8, n_in=3, seed=0):
@@ -22,6 +23,25 @@ def regression_dls(n_train=40, n_valid=16, bs=8, n_in=3, seed=0):
     return DataLoaders(train, valid)
 
 
+def uneven_batches(sizes, seed=0):
+    """Tuple batches of the given sizes: x (n, 3), y (n, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(n, 3, generator=g), torch.randn(n, 1, generator=g)) for n in sizes]
+
+
+class FakeValidLoss(Callback):
+    """Replaces the validation loss of each epoch by the next of `values` (after MetricsCB wrote it)."""
+
+    order = 41
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def after_epoch(self, learn):
+        if not learn.training:
+            learn.epoch_metrics["loss"] = self.values[learn.epoch]
+
+
 @pytest.fixture
 def make_learner():
     """Build a tiny regression Learner; keyword arguments go to Learner."""
@@ -31,3 +51,12 @@ def make_learner():
         kwargs.setdefault("loss_func", F.mse_loss)
         return Learner(model, dls or regression_dls(), cbs=cbs, **kwargs)
     return make
+
+
+@pytest.fixture
+def fresh_accelerate():
+    """Accelerate keeps its state in process-wide singletons: each test that uses it starts and ends afresh
+    (`pytestmark = pytest.mark.usefixtures("fresh_accelerate")`)."""
+    reset_accelerate_state()
+    yield
+    reset_accelerate_state()

@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from minilearn.callback import replacing
 from minilearn.checkpoints.random_state import forward_random_state, forward_random_state_kept, set_forward_random_state
 from minilearn.data import take_rows
 from minilearn.distributed import gather_batch, gather_sequences, world_size
-from minilearn.inputs import (callable_name, input_module, model_call, model_input_names, select_output, signature_of,
-                              split_loss_output)
+from minilearn.inputs import (callable_name, model_call, model_inputs, select_output, split_loss_output)
 from minilearn.logprobs.sequences import logprob_targets, sequence_logprobs, split_sequences, target_positions
 from minilearn.logprobs.per_token import IGNORE_INDEX, target_logprobs
 
@@ -46,7 +46,6 @@ __all__ = ["LogprobLossFn", "CustomLossResult", "CustomLossStep", "forward_backw
 
 LogprobLossFn = Callable[[Mapping, list[torch.Tensor]], torch.Tensor | tuple[torch.Tensor, dict]]
 Backward = Callable[[torch.Tensor], None]
-_BATCH_PADDING = {"target_tokens": IGNORE_INDEX}  # how the gathered batch pads keys of different lengths
 
 
 @dataclass
@@ -95,13 +94,9 @@ def _micro_batches(batch: Mapping, n: int, size: int | None) -> list[tuple[slice
 def model_logits(learn, batch: Mapping) -> torch.Tensor:
     """Run the learner's `predict` step (whichever callback owns it) on `batch` and return the
     logits `(B, T, V)`; `learn.batch` and `learn.preds` are left as they were."""
-    saved = learn.batch, learn.preds
-    learn.batch = batch
-    try:
+    with replacing(learn, batch=batch, preds=None):
         learn.predict()
         return select_output(learn.preds, "logits")
-    finally:
-        learn.batch, learn.preds = saved
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -125,7 +120,7 @@ def reference_logprobs(ref_model: torch.nn.Module, batch: Mapping, targets: torc
                        micro_batch_size: int | None = None, n_inp: int = 1) -> list[torch.Tensor]:
     """Per-sequence target log-probabilities under a frozen `ref_model`: eval mode, no gradient,
     in micro-batches of `micro_batch_size` sequences. It gets the keys its `forward` names."""
-    names = model_input_names(signature_of(input_module(ref_model)))
+    names = model_inputs(ref_model)
     was_training = ref_model.training
     ref_model.eval()
     try:
@@ -182,7 +177,7 @@ def custom_loss_step(learn, batch: Mapping, fn: LogprobLossFn, two_pass: bool = 
     data = _fn_batch(batch, targets, ref)
     start = 0
     if gather and world_size() > 1:
-        data = gather_batch(data, len(lps), _BATCH_PADDING)
+        data = gather_batch(data, len(lps))
         lps, start = gather_sequences(lps)
     if not surrogate:
         loss, metrics = _call(fn, data, lps)
@@ -205,10 +200,10 @@ def apply_custom_loss_gradients(learn, step: CustomLossStep, micro_batch_size: i
     """Back-propagate a `CustomLossStep` into the parameters of `learn.model` (accumulating into
     `.grad`): the loss itself (direct), or the surrogate `sum(lp * g)` in micro-batches (two passes).
 
-    `backward(loss)` back-propagates one scalar (default `loss.backward()`; AccelerateCB's
-    `accelerator.backward`, which also divides by the accumulation steps and scales fp16 losses).
+    `backward(loss)` back-propagates one scalar (default: the step owner's, `learn.gradients.backward_fn`:
+    `loss.backward()`, or under AccelerateCB its accelerator's, which scales float16 losses).
     """
-    backward = backward or torch.Tensor.backward
+    backward = backward or learn.gradients.backward_fn
     scale = _gradient_scale(learn.model)
     if step.grads is None:
         if step.graph is None:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minilearn.inputs import input_module, model_call, model_input_names, select_output, signature_of
+from minilearn.inputs import model_call, model_inputs, select_output
 from minilearn.logprobs.linear import LinearLogits
 from minilearn.logprobs.per_token import IGNORE_INDEX, token_logprobs
 
@@ -163,7 +163,7 @@ def sample(model: nn.Module, prompts: Prompts, max_new_tokens: int, temperature:
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in grouped], device=device)
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in grouped], device=device)
     B = ids.shape[0]
-    names = model_input_names(signature_of(input_module(model)))
+    names = model_inputs(model)
     cache = _cache_argument(names)
     live = torch.ones(B, dtype=torch.bool, device=device)  # rows that have not drawn eos yet
     drawn, drawn_lp, drawn_live, past = [], [], [], None
@@ -206,7 +206,7 @@ def model_logprobs(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch
     True
     """
     device = next(model.parameters()).device
-    names = model_input_names(signature_of(input_module(model)))
+    names = model_inputs(model)
     inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask") if k in batch}
     targets = batch["target_tokens"].to(device)
     with eval_mode(model):

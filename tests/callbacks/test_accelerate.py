@@ -4,27 +4,16 @@ normalisation under gradient accumulation, bf16 on CPU with float32 losses, stat
 import pytest
 import torch
 import torch.nn.functional as F
-from accelerate.state import AcceleratorState, GradientState
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from minilearn import Callback, DataLoaders, Learner, NormalizedLoss
-from minilearn.callbacks import AccelerateCB, AccelerateCustomCB, GradClipCB, MetricsCB, ProgressCB
+from minilearn.callbacks import AccelerateCB, AccelerateCustomCB, GradClipCB, MetricsCB, ProgressCB, reset_accelerate_state
 
 
-def reset_accelerate():
-    # Accelerate keeps its state in process-wide singletons; each test builds its own.
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate():
-    reset_accelerate()
-    yield
-    reset_accelerate()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate")  # Accelerate's process-wide state, fresh
 
 
 class WeightedCE(nn.Module):
@@ -67,7 +56,7 @@ def assert_close(a, b, tol=1e-6):
 def test_accelerate_cb_gives_the_plain_loop_weights():
     ds = data([1.0] * 48)
     plain = weights_after(ds, 16, loss=lambda logits, y, w: F.cross_entropy(logits, y))
-    reset_accelerate()
+    reset_accelerate_state()
     acc = weights_after(ds, 16, [AccelerateCB()], loss=lambda logits, y, w: F.cross_entropy(logits, y))
     assert_close(plain, acc, 0)
 
@@ -76,10 +65,10 @@ def test_accelerate_cb_gives_the_plain_loop_weights():
 @given(st.lists(st.one_of(st.just(0.0), st.floats(0.01, 10.0)), min_size=32, max_size=32))
 def test_accumulation_steps_give_the_weights_of_the_whole_global_batch(weights):
     ds = data(weights)
-    reset_accelerate()
+    reset_accelerate_state()
     ref = weights_after(ds, 16)  # plain loop, global batch 16
     for gas in (1, 2, 4):
-        reset_accelerate()
+        reset_accelerate_state()
         got = weights_after(ds, 16 // gas, [AccelerateCB(gradient_accumulation_steps=gas)])
         assert_close(got, ref, 1e-5)
 
@@ -226,25 +215,23 @@ def test_world_size_disagreement_is_refused(monkeypatch):
         AccelerateCB(cpu=False)
 
 
-def test_grad_clip_cb_is_refused_under_accelerate():
-    ds = data([1.0] * 8)
-    learn = Learner(model(), DataLoaders(DataLoader(ds, batch_size=4), []), WeightedCE())
-    with pytest.raises(ValueError, match="max_grad_norm"):
-        learn.fit(1, cbs=[AccelerateCB(), GradClipCB(1.0)])
-    learn.fit(1)
-
-
-def test_save_and_load_state_round_trip(tmp_path):
-    ds = data([1.0] * 16)
-    acc = AccelerateCB()
-    learn = Learner(model(), DataLoaders(DataLoader(ds, batch_size=4), []), WeightedCE(), cbs=acc,
-                    opt_func=torch.optim.AdamW, lr=1e-2)
-    learn.fit(1)
-    acc.save_state(tmp_path / "state")
-    saved = [p.detach().clone() for p in learn.model.parameters()]
-    learn.fit(1)
-    acc.load_state(tmp_path / "state")
-    assert_close(saved, list(learn.model.parameters()), 0)
+def test_grad_clip_cb_under_accumulation_clips_each_step_once_as_max_grad_norm_does():
+    # GradClipCB asks the learner whether the gradients are those of a whole step (learn.ends_step), and
+    # AccelerateCB has normalised them by then: the same weights as Accelerate's own clipping.
+    ds = data([1.0, 2.0, 0.5, 3.0, 1.0, 1.0, 2.0, 0.0, 1.0, 4.0])
+    def fit(cbs):
+        learn = Learner(model(), DataLoaders(DataLoader(ds, batch_size=2), []), WeightedCE(), lr=0.5, cbs=cbs)
+        learn.fit(2)
+        return [p.detach().clone() for p in learn.model.parameters()]
+    clip = GradClipCB(0.05)
+    by_callback = fit([AccelerateCB(gradient_accumulation_steps=2), clip])
+    reset_accelerate_state()
+    by_accelerate = fit([AccelerateCB(gradient_accumulation_steps=2, max_grad_norm=0.05)])
+    reset_accelerate_state()
+    unclipped = fit([AccelerateCB(gradient_accumulation_steps=2)])
+    assert clip.last_norm > 0.05  # it did clip
+    assert_close(by_callback, by_accelerate, 1e-6)
+    assert max((a - b).abs().max().item() for a, b in zip(by_callback, unclipped)) > 1e-3
 
 
 # ---- accumulation windows end with the training pass ------------------------------------------------
@@ -318,11 +305,42 @@ def test_one_process_keeps_its_random_stream_unless_a_seed_is_given():
     ds = data([1.0] * 8)
     draws = []
     for accelerate in (False, True):
-        reset_accelerate()
+        reset_accelerate_state()
         cbs = [AccelerateCB()] if accelerate else []
         Learner(model(), DataLoaders(DataLoader(ds, batch_size=4), []), WeightedCE(), cbs=cbs).fit(1)
         draws.append(torch.rand(3))
     assert torch.equal(*draws)
-    reset_accelerate()
+    reset_accelerate_state()
     Learner(model(), DataLoaders(DataLoader(ds, batch_size=4), []), WeightedCE()).fit(1, cbs=AccelerateCB(seed=5))
     assert torch.initial_seed() == 5
+
+
+# ---- a user's own subclass, in the textbook form ------------------------------------------------------
+
+class TextbookAccelerateCB(AccelerateCB):
+    """As in a course: the loss on the learner, and the accelerator's backward."""
+
+    def get_loss(self, learn):
+        learn.loss = learn.loss_func(learn.preds, *learn.batch[1:])
+
+    def backward(self, learn):
+        self.acc.backward(learn.loss)
+
+
+def test_a_textbook_subclass_of_accelerate_cb_trains_as_the_plain_loop_also_under_accumulation():
+    # Its backward bypasses learn.gradients, so its loss counts as a plain mean: the step's gradient is the
+    # mean over the window's micro-batches, which for equal micro-batches is the plain loop's on the whole batch.
+    g = torch.Generator().manual_seed(3)
+    ds = TensorDataset(torch.randn(16, 5, generator=g), torch.randint(0, 3, (16,), generator=g))
+    def fit(bs, cbs):
+        learn = Learner(model(), DataLoaders(DataLoader(ds, batch_size=bs), DataLoader(ds, batch_size=8)),
+                        F.cross_entropy, lr=0.5, cbs=[MetricsCB(), *cbs])
+        learn.fit(2)
+        return learn, [p.detach().clone() for p in learn.model.parameters()]
+    plain, expected = fit(4, [])
+    for accumulation, bs in ((1, 4), (2, 2)):
+        reset_accelerate_state()
+        learn, got = fit(bs, [TextbookAccelerateCB(gradient_accumulation_steps=accumulation)])
+        assert learn.step_owners["get_loss"].name == "TextbookAccelerateCB"
+        assert_close(got, expected, 1e-6)
+        assert learn.epoch_metrics["loss"] == pytest.approx(plain.epoch_metrics["loss"], rel=1e-5)

@@ -4,8 +4,8 @@ keeps the rows before the epoch it resumes at, so the file equals that of the un
 import csv
 
 import pytest
-from test_resume import SaveThenInterrupt, seed_everything
-from test_resume import make_learner as resumable_learner
+from support import SaveThenInterrupt, seed_everything
+from support import make_learner as resumable_learner
 
 from minilearn import Callback
 from minilearn.callbacks import CSVLoggerCB, MetricsCB, OneCycleCB

@@ -9,7 +9,6 @@ from functools import partial
 import pytest
 import torch
 # The Accelerate state reset of the Accelerate tests; `fresh_accelerate` is an autouse fixture there and here.
-from test_accelerate import fresh_accelerate, reset_accelerate  # noqa: F401
 
 import minilearn.callbacks as callbacks
 from minilearn import Callback, DataLoaders, Learner
@@ -20,6 +19,8 @@ from minilearn.losses import PolicyGradientLoss, WeightedCrossEntropy, make_vari
 from minilearn.sampling import make_rollouts
 from minilearn.demo.tiny_model import TinyCausalLM
 from minilearn.testing import check_callback, learner_fingerprint, left_behind, tiny_learner
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate")  # Accelerate's process-wide state, fresh
 
 V, T = 11, 6
 
@@ -248,6 +249,7 @@ class SwapsTheData(Callback):
     (PatchesForward(), "the model's forward was the one of its class before fit and an instance attribute"),
     (AddsAnAttribute(), "attributes of the learner: added ['my_note']"),
     (SwapsTheData(), "learn.dls was DataLoaders object at"),
+
 ], ids=lambda x: type(x).__name__ if isinstance(x, Callback) else "")
 def test_check_callback_names_what_a_callback_left_behind(cb, what):
     report = check_callback(cb)

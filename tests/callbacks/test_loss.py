@@ -6,11 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 # The Accelerate state reset of the Accelerate tests; `fresh_accelerate` is an autouse fixture there and here.
-from test_accelerate import fresh_accelerate, reset_accelerate  # noqa: F401
+from minilearn.callbacks import reset_accelerate_state
 
 from minilearn import DataLoaders, Learner
 from minilearn.callbacks import AccelerateCB, AccelerateCustomCB, LossCB, MetricsCB
 from minilearn.losses import (ImportanceWeightedCrossEntropy, KeyTokenWeightedLoss, PolicyGradientLoss, WeightedCrossEntropy)
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate")  # Accelerate's process-wide state, fresh
 
 V, T = 11, 6
 
@@ -125,6 +127,7 @@ LOSSES = {
     "weighted_ce": lambda: WeightedCrossEntropy(),
     "importance_sampling": lambda: ImportanceWeightedCrossEntropy(clip_ratio=1.2),
     "key_token": lambda: KeyTokenWeightedLoss([1, 2], alpha=1.5),
+
 }
 
 
@@ -138,7 +141,7 @@ def weights_after(batches, cbs, lr=0.5):
 def test_under_accelerate_custom_cb_accumulated_micro_batches_give_the_whole_batch_step(name):
     batches = lm_batches(n=4)
     ref = weights_after(merged(batches), LossCB(LOSSES[name]()))  # one step on all 16 rows
-    reset_accelerate()
+    reset_accelerate_state()
     got = weights_after(batches, AccelerateCustomCB(LOSSES[name](), gradient_accumulation_steps=4))
     for p, q in zip(got, ref):
         assert torch.allclose(p, q, atol=1e-6, rtol=0)
@@ -147,11 +150,11 @@ def test_under_accelerate_custom_cb_accumulated_micro_batches_give_the_whole_bat
 def test_loss_cb_under_accelerate_cb_and_bf16():
     batches = lm_batches(n=4)
     ref = weights_after(merged(batches), LossCB(KeyTokenWeightedLoss([1, 2])))
-    reset_accelerate()
+    reset_accelerate_state()
     got = weights_after(batches, [AccelerateCB(gradient_accumulation_steps=4), LossCB(KeyTokenWeightedLoss([1, 2]))])
     for p, q in zip(got, ref):
         assert torch.allclose(p, q, atol=1e-6, rtol=0)
-    reset_accelerate()
+    reset_accelerate_state()
     loss = PolicyGradientLoss("ppo")
     learn = Learner(TinyLM(), DataLoaders(batches, batches[:1]), plain_ce, cbs=MetricsCB())
     learn.fit(1, cbs=AccelerateCustomCB(loss, mixed_precision="bf16"))

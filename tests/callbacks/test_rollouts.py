@@ -8,18 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_accelerate import fresh_accelerate, reset_accelerate  # noqa: F401
-from test_accelerate_multiprocess import torchrun
-from test_resume import SaveThenInterrupt
+from minilearn.callbacks import reset_accelerate_state
+from support import torchrun
+from support import SaveThenInterrupt
 
 from minilearn import Callback, DataLoaders, Learner
 from minilearn.callbacks import MetricsCB, ProgressCB, RolloutCB
 from minilearn.losses import IGNORE_INDEX, PolicyGradientLoss
 
-sys.path.insert(0, str(Path(__file__).parent / "dist"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "integration" / "dist"))
 import rl_round  # noqa: E402
 
-SCRIPT = Path(__file__).parent / "dist" / "rl_round.py"
+pytestmark = pytest.mark.usefixtures("fresh_accelerate")  # Accelerate's process-wide state, fresh
+
+SCRIPT = Path(__file__).parents[1] / "integration" / "dist" / "rl_round.py"
 
 
 def assert_same(a, b, tol=1e-6):
@@ -31,7 +33,7 @@ def assert_same(a, b, tol=1e-6):
 def test_accumulation_gives_the_weights_of_the_whole_round(aggregation):
     ref, ref_rewards, _ = rl_round.run(aggregation)
     for gas in (1, 2, 4):
-        reset_accelerate()
+        reset_accelerate_state()
         got, rewards, _ = rl_round.run(aggregation, rl_round.ROLLOUTS // gas, gas, accelerate=True)
         assert_same(got, ref)
         assert rewards == pytest.approx(ref_rewards, abs=1e-6)  # the second round drew the same rollouts
@@ -193,6 +195,7 @@ def test_rewards_that_are_not_numbers_are_named_and_the_learner_trains_after(rew
     rl = RolloutCB(rl_round.PROMPTS[:2], reward_fn, group_size=4, max_new_tokens=3, eos_token_id=0)
     learn = Learner(policy, DataLoaders(torch.utils.data.DataLoader(rl.buffer, batch_size=4), []), PolicyGradientLoss(),
                     lr=0.1, cbs=rl)
+
     with pytest.raises(error, match=match) as err:
         learn.fit(1)
     assert "reward_fn" in str(err.value) and rl.history == [] and rl.state_dict()["in_round"] is False

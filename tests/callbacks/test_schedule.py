@@ -1,14 +1,12 @@
-"""OneCycleCB and BatchSchedCB against PyTorch's schedulers; GradClipCB, SingleBatchCB, DeviceCB."""
+"""OneCycleCB and BatchSchedCB against PyTorch's schedulers."""
 
 from functools import partial
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import OneCycleLR, StepLR
-
-from minilearn import Callback, DataLoaders, Learner
-from minilearn.callbacks import BatchSchedCB, DeviceCB, GradClipCB, OneCycleCB, Recorder, SingleBatchCB
+from minilearn import DataLoaders, Learner
+from minilearn.callbacks import BatchSchedCB, OneCycleCB, Recorder
 
 
 @pytest.mark.parametrize("opt_func", [torch.optim.SGD, partial(torch.optim.SGD, momentum=0.9), torch.optim.AdamW])
@@ -41,49 +39,6 @@ def test_batch_sched_steps_once_per_training_batch(make_learner):
     learn.fit(1, cbs=cb)
     assert learn.recorder.lrs == [1.0, 1.0, 0.5, 0.5, 0.25]
     assert cb.sched.last_epoch == 5
-
-
-def test_grad_clip_bounds_the_norm_seen_by_the_step(make_learner):
-    norms = []
-
-    class NormAtStep(Callback):
-        order = 40
-
-        def after_backward(self, learn):
-            norms.append(torch.nn.utils.get_total_norm([p.grad for p in learn.model.parameters()]))
-
-    learn = make_learner(lr=0.0)
-    clip = GradClipCB(1e-3)
-    learn.fit(1, cbs=[clip, NormAtStep()], valid=False)
-    assert all(n <= 1e-3 * (1 + 1e-5) for n in norms)
-    assert clip.last_norm > 1e-3  # it really had something to clip
-
-
-def test_single_batch_runs_one_batch_and_keeps_it(make_learner):
-    seen = []
-
-    class Count(Callback):
-        def before_batch(self, learn):
-            seen.append(learn.iter)
-
-    learn = make_learner(cbs=Count())
-    learn.fit(5, cbs=SingleBatchCB())
-    assert seen == [0] and learn.preds.shape == (8, 1) and learn.loss.ndim == 0
-
-
-def test_device_cb_moves_model_and_batches(make_learner):
-    moved = []
-
-    class Where(Callback):
-        order = 0
-
-        def after_predict(self, learn):
-            moved.append((learn.batch[0].device, learn.preds.device))
-
-    learn = make_learner(cbs=[DeviceCB("cpu"), Where()])
-    learn.fit(1)
-    assert all(d == (torch.device("cpu"),) * 2 for d in moved)
-    assert next(learn.model.parameters()).device == torch.device("cpu")
 
 
 @pytest.mark.parametrize("n_batches", range(1, 9))

@@ -3,54 +3,22 @@ its surviving checkpoint ends with the weights of a fit never interrupted, bit f
 from every generator a checkpoint keeps: dropout (torch), a shuffled loader (global RNG or its own
 generator), random augmentation with Python's `random` and numpy, Adam's state and a one-cycle schedule."""
 
-import random
 import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
-from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from minilearn import Callback, CheckpointError, DataLoaders, Learner
-from minilearn.callbacks import EarlyStoppingCB, MetricsCB, OneCycleCB, SaveModelCB
+from minilearn import CheckpointError
+from minilearn.callbacks import EarlyStoppingCB, OneCycleCB, SaveModelCB
 
-
-class Jittered(Dataset):
-    """x plus noise from Python's `random` and numpy's global generator: both must be restored."""
-
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i] + 0.01 * random.gauss(0, 1) + 0.01 * float(np.random.randn()), self.y[i]
+from support import make_learner, seed_everything, SaveThenInterrupt  # noqa: F401
 
 
-def make_learner(own_generator=False, seed=0):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 3, generator=g)
-    y = x.sum(1, keepdim=True)
-    gen = torch.Generator().manual_seed(7) if own_generator else None
-    train = DataLoader(Jittered(x[:48], y[:48]), batch_size=8, shuffle=True, generator=gen)
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.2), nn.ReLU(), nn.Linear(8, 1))
-    dls = DataLoaders(train, DataLoader(TensorDataset(x[48:], y[48:]), batch_size=8))
-    return Learner(model, dls, F.mse_loss, lr=0.05, opt_func=torch.optim.Adam, cbs=MetricsCB())
-
-
-def seed_everything(seed):
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
 
 
 def uninterrupted(own_generator, n_epochs=3):
@@ -58,23 +26,6 @@ def uninterrupted(own_generator, n_epochs=3):
     learn = make_learner(own_generator)
     learn.fit(n_epochs, cbs=OneCycleCB(0.1))
     return [p.detach().clone() for p in learn.model.parameters()]
-
-
-class SaveThenInterrupt(Callback):
-    order = 100
-
-    def __init__(self, path, epoch, iter=None):
-        self.path, self.epoch, self.iter = path, epoch, iter
-
-    def after_batch(self, learn):
-        if learn.training and learn.epoch == self.epoch and learn.iter == self.iter:
-            learn.save(self.path)
-            raise KeyboardInterrupt
-
-    def after_epoch(self, learn):
-        if not learn.training and learn.epoch == self.epoch and self.iter is None:
-            learn.save(self.path)
-            raise KeyboardInterrupt
 
 
 @pytest.mark.parametrize("own_generator", [False, True], ids=["global-rng-shuffle", "loader-generator"])
@@ -137,7 +88,7 @@ CHILD = textwrap.dedent("""
     import torch
     from safetensors.torch import save_file
     sys.path.insert(0, {tests!r})
-    from test_resume import make_learner, seed_everything
+    from support import make_learner, seed_everything
     from minilearn import Callback
     from minilearn.callbacks import OneCycleCB, SaveModelCB
 
@@ -171,7 +122,7 @@ CHILD = textwrap.dedent("""
 @pytest.fixture
 def child_script(tmp_path_factory):
     path = tmp_path_factory.mktemp("child") / "train.py"
-    path.write_text(CHILD.format(tests=str(Path(__file__).parent)))
+    path.write_text(CHILD.format(tests=str(Path(__file__).parents[1])))
     return path
 
 

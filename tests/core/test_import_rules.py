@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CALLBACKS = "minilearn.callbacks"
 KNOWS_A_LEARNER = ("minilearn.learner", "minilearn.callback", "minilearn.train", "minilearn.lr_finder", CALLBACKS)
 
 
 def module_name(path: Path) -> str:
-    """`minilearn/losses/tokens.py` -> `minilearn.losses.masked`; `callbacks/x.py` -> `minilearn.callbacks.x`."""
+    """`minilearn/losses/masked.py` -> `minilearn.losses.masked`; `callbacks/x.py` -> `minilearn.callbacks.x`."""
     rel = path.relative_to(ROOT).with_suffix("")
     parts = list(rel.parts)
     if parts[0] == "callbacks":

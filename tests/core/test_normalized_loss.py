@@ -16,7 +16,6 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 # The Accelerate state reset of the Accelerate tests; `fresh_accelerate` is an autouse fixture there and here.
-from test_accelerate import fresh_accelerate  # noqa: F401
 
 from minilearn import DataLoaders, Learner, LossTensor, NormalizedLoss
 from minilearn.callbacks import LossCB, MetricsCB
@@ -24,6 +23,8 @@ from minilearn.inputs import split_loss_output
 from minilearn.losses import (ImportanceWeightedCrossEntropy, KeyTokenWeightedLoss, PolicyGradientLoss, WeightedCrossEntropy,
                               default_clip_thresholds, importance_weighted_cross_entropy, key_token_weighted_loss,
                               policy_gradient_loss, weighted_cross_entropy)
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate")  # Accelerate's process-wide state, fresh
 
 IGNORE, V = -100, 7
 KINDS = ("importance_sampling", "ppo", "cispo", "dro")
@@ -247,6 +248,7 @@ def test_tinker_defaults():
     ("ppo", {}),
     ("dro", {"beta": 0.05}),
     ("importance_sampling", {}),
+
 ])
 def test_policy_gradient_loss_takes_a_tinker_loss_fn_config(kind, config):
     b = inputs(torch.float64, seed=6)
@@ -285,3 +287,46 @@ def test_sum_losses_show_their_metrics_in_metrics_cb():
         learn.fit(1, cbs=LossCB(loss), valid=False)
         assert learn.loss_parts is None and type(learn.loss) is LossTensor
         assert len(learn.loss_metrics) >= 2 and set(learn.loss_metrics) <= set(learn.epoch_metrics)
+
+
+# ---- StepGradients: the one place losses become a step's gradient --------------------------------------
+
+def _step_gradient(kind, splits, processes=1):
+    """The gradient StepGradients leaves for a loss over 10 rows split into micro-batches at `splits`."""
+    from minilearn.normalized_loss import StepGradients
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(10, 3, generator=g, dtype=torch.float64), torch.rand(10, generator=g, dtype=torch.float64)
+    theta = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    grads = StepGradients(processes=processes)
+    bounds = [0, *splits, 10]
+    for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        per_row = w[a:b] * torch.sin(x[a:b] @ theta + x[a:b].sum(1))
+        loss = {"ratio": NormalizedLoss(per_row.sum(), w[a:b].sum()).as_tensor(), "sum": LossTensor.of_sum(per_row.sum()),
+                "mean": per_row.mean()}[kind]
+        parts = loss if kind == "ratio" else None
+        grads.backward(loss, parts, ends_step=i == len(bounds) - 2)
+    grads.finish([theta], micro_batches=len(bounds) - 1)
+    return theta.grad, x, w
+
+
+@pytest.mark.parametrize("splits", [(), (4,), (1, 5, 9)])
+def test_step_gradients_give_the_whole_batch_gradient_however_the_step_is_split(splits):
+    for kind in ("ratio", "sum"):
+        got, x, w = _step_gradient(kind, splits)
+        expected = (w[:, None] * torch.cos(x.sum(1))[:, None] * x).sum(0)  # d/dtheta at theta = 0
+        torch.testing.assert_close(got, expected / (w.sum() if kind == "ratio" else 1), rtol=1e-12, atol=1e-12)
+    got, x, w = _step_gradient("mean", splits)
+    bounds = [0, *splits, 10]
+    means = [(w[a:b, None] * torch.cos(x[a:b].sum(1))[:, None] * x[a:b]).mean(0) for a, b in zip(bounds, bounds[1:])]
+    torch.testing.assert_close(got, torch.stack(means).mean(0), rtol=1e-12, atol=1e-12)  # the micro-batches' mean
+
+
+def test_step_gradients_refuse_a_loss_that_changes_kind_within_a_step_and_start_afresh_after_finish():
+    from minilearn.normalized_loss import StepGradients
+    theta = torch.ones(2, requires_grad=True)
+    grads = StepGradients()
+    grads.backward(theta.sum(), ends_step=False)
+    with pytest.raises(ValueError, match="was a mean for earlier micro-batches of this step and is a sum now"):
+        grads.backward(LossTensor.of_sum(theta.sum()), ends_step=True)
+    grads.finish([theta])
+    grads.backward(LossTensor.of_sum(theta.sum()), ends_step=True)  # a new step may be of another kind

@@ -7,7 +7,7 @@ from pathlib import Path
 import minilearn.callbacks as callbacks
 from minilearn import Callback, Order
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def order_assignments():

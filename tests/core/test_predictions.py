@@ -5,7 +5,7 @@ learner left as it was. Two processes against one: tests/test_resume_multiproces
 import pytest
 import torch
 import torch.nn.functional as F
-from test_hf_data import collator, dataset, gpt2
+from support import collator, dataset, gpt2
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 

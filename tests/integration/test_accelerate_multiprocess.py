@@ -1,44 +1,16 @@
 """Two real processes (torchrun, gloo on CPU) give the weights of one process on the same global batch."""
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
-from minilearn import DataLoaders, Learner
 
 sys.path.insert(0, str(Path(__file__).parent / "dist"))
 import train_weighted as script  # noqa: E402
 
-SCRIPT = Path(__file__).parent / "dist" / "train_weighted.py"
-
-
-def torchrun(out, *args, script=SCRIPT, stdout=None, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(script), str(out), *args]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
-    if stdout is not None:
-        stdout.append(res.stdout)
-    return torch.load(out, weights_only=True)
-
-
-def one_process(loss, global_bs, epochs=2):
-    m = script.model()
-    dls = DataLoaders(DataLoader(script.dataset(), batch_size=global_bs), [])
-    Learner(m, dls, script.WeightedCE() if loss == "weighted" else script.plain_ce, lr=0.5).fit(epochs)
-    return m.state_dict()
-
-
-def assert_same(a, b, tol=1e-6):
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=tol, rtol=0), (k, (a[k] - b[k]).abs().max().item())
+from support import SCRIPT, torchrun, one_process, assert_same  # noqa: F401
 
 
 @pytest.mark.parametrize("args, loss, global_bs", [

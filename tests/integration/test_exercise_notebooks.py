@@ -7,7 +7,7 @@ import ast
 import nbformat
 import pytest
 from nbclient.exceptions import CellExecutionError
-from test_notebooks import NBS_DIR, run_notebook
+from support import NBS_DIR, run_notebook
 
 NAMES = sorted(p.name for p in (NBS_DIR / "exercises").glob("*.ipynb"))
 # What each unsolved exercise must report: the failed check and the unfinished code it names.

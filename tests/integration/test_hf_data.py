@@ -9,53 +9,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import Whitespace
-from transformers import DataCollatorForLanguageModeling, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import DataCollatorForLanguageModeling
 
-from minilearn import BatchWarning, DataLoaders, LabelsToTargets, Learner, targets_from_labels
+from minilearn import BatchWarning, DataLoaders, Learner, targets_from_labels
 from minilearn.callbacks import AccelerateCustomCB, LossCB, MetricsCB
 from minilearn.losses import KeyTokenWeightedLoss, WeightedCrossEntropy
 
-WORDS = "the a cat dog sat ran on under mat log and then it slept".split()
+from support import WORDS, collator, dataset, gpt2, tokenizer
 
 
-def tokenizer() -> PreTrainedTokenizerFast:
-    # Built from a word list: nothing is downloaded.
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", *WORDS])}
-    tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
 
 
-def texts(n: int, seed: int) -> list[str]:
-    # Sentences of a small grammar, of 6 or 10 words: something a model can learn, in batches of
-    # different lengths.
-    g = torch.Generator().manual_seed(seed)
-    slots = [("the", "a"), ("cat", "dog"), ("sat", "ran"), ("on", "under"), ("the", "a"), ("mat", "log")]
-    out = []
-    for _ in range(n):
-        words = [pair[int(torch.randint(2, (1,), generator=g))] for pair in slots]
-        out.append(" ".join(words + (["and", "then", "it", "slept"] if torch.rand(1, generator=g) < 0.5 else [])))
-    return out
 
-
-def dataset(n: int, seed: int) -> Dataset:
-    tok = tokenizer()
-    ds = Dataset.from_dict({"text": texts(n, seed)})
-    ds = ds.map(lambda b: tok(b["text"]), batched=True, remove_columns=["text"])
-    return ds.with_format("torch")
-
-
-def gpt2(seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=len(WORDS) + 2, n_positions=16, n_embd=16, n_layer=1, n_head=2,
-                                      bos_token_id=0, eos_token_id=0))
-
-
-def collator() -> LabelsToTargets:
-    return LabelsToTargets(DataCollatorForLanguageModeling(tokenizer(), mlm=False))
 
 
 def test_shifted_labels_give_the_loss_the_hugging_face_model_computes_itself():

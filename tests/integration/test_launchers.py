@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import torch
-from test_accelerate_multiprocess import SCRIPT, assert_same, one_process
+from support import SCRIPT, assert_same, one_process
 
 # Accelerate starts several processes through torchrun only for the MULTI_GPU type; on a machine
 # without a GPU AccelerateCB then runs them on the CPU (gloo). MULTI_CPU needs mpirun.

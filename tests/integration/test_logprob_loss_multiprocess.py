@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_accelerate_multiprocess import assert_same, torchrun
+from support import assert_same, torchrun
 from torch.utils.data import DataLoader
 
 from minilearn import DataLoaders, Learner

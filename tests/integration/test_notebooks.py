@@ -3,22 +3,14 @@
 The coursework notebooks in nbs/exercises/ and nbs/solutions/ are tested in test_exercise_notebooks.py:
 the exercises are meant to stop at their check cell until solved."""
 
-from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
-NBS_DIR = Path(__file__).resolve().parents[1] / "nbs"
+from support import NBS_DIR, run_notebook  # noqa: F401
+
 NBS = sorted(NBS_DIR.glob("*.ipynb"))
 ALL_NBS = [p for p in sorted(NBS_DIR.rglob("*.ipynb")) if ".ipynb_checkpoints" not in p.parts]
-
-
-def run_notebook(nb: nbformat.NotebookNode, path: Path, monkeypatch) -> None:
-    """Execute `nb`, read from `path`, in a fresh kernel in the small setting; its cells get their outputs."""
-    monkeypatch.setenv("MINILEARN_SMALL", "1")
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
 
 
 @pytest.mark.parametrize("path", NBS, ids=[p.name for p in NBS])

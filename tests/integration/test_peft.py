@@ -5,7 +5,7 @@ shuffled loader draw from the random states the checkpoint keeps)."""
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from test_hf_data import collator, dataset, gpt2
+from support import collator, dataset, gpt2
 
 from minilearn import Callback, DataLoaders, Learner
 from minilearn.callbacks import AccelerateCustomCB, MetricsCB

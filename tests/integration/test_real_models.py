@@ -24,7 +24,7 @@ import pytest
 import torch
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
-from test_accelerate_multiprocess import assert_same, torchrun
+from support import assert_same, torchrun
 
 sys.path.insert(0, str(Path(__file__).parent / "dist"))
 import matrix  # noqa: E402

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_accelerate_multiprocess import torchrun
+from support import torchrun
 
 from minilearn import CheckpointError
 from minilearn.checkpoints.files import read_checkpoint

@@ -11,12 +11,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 # The Accelerate state reset of the Accelerate tests; `fresh_accelerate` is an autouse fixture there and here.
-from test_accelerate import fresh_accelerate, reset_accelerate  # noqa: F401
 
 from minilearn import Callback, DataLoaders, Learner, LossOutputError, MissingInputError, logprob_targets, sequence_logprobs
 from minilearn.callbacks import AccelerateCB, LogprobLossCB, MetricsCB
 from minilearn.losses import make_bradley_terry_loss, make_candidate_ce_loss, make_dpo_loss, token_logprobs, make_variance_loss
 from minilearn.demo.tiny_model import TinyCausalLM
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate")  # Accelerate's process-wide state, fresh
 
 V, T, K = 13, 7, 3
 
@@ -378,6 +379,7 @@ def test_partial_candidate_sets_are_refused():
 
 @pytest.mark.parametrize("kwargs, match", [({"micro_batch_size": 0, "two_pass": True}, "whole number >= 1"),
                                            ({"micro_batch_size": 2}, "needs two_pass=True")])
+
 def test_bad_micro_batch_size_is_refused(kwargs, match):
     check_error_leaves_learner_usable(make_dpo_loss(), lm_batch(), ValueError, match, **kwargs)
 

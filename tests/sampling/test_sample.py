@@ -9,7 +9,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from minilearn import FusedHead
 from minilearn.demo import TinyCausalLM
 from minilearn.losses import IGNORE_INDEX, token_logprobs
-from minilearn.sampling import completion_tokens, prompt_tokens, sample
+from minilearn.sampling import completion_tokens, sample
 
 VOCAB = 13
 PROMPTS = [[1, 2, 3], [4], [5, 6]]

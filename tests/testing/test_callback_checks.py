@@ -7,12 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 # The Accelerate state reset of the Accelerate tests; `fresh_accelerate` is an autouse fixture there and here.
-from test_accelerate import fresh_accelerate  # noqa: F401
 
 from minilearn import Callback, Learner, MisspeltEventWarning, misspelt_events
 from minilearn.callbacks import (AccelerateCB, GradClipCB, LossCB, MetricsCB, OneCycleCB, Recorder, SingleBatchCB,
                                  TrainCB)
 from minilearn.testing import check_callback, tiny_learner
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate")  # Accelerate's process-wide state, fresh
 
 
 def by_name(report):
@@ -269,6 +270,7 @@ def test_a_callback_that_clips_the_gradients_passes_unless_it_must_only_observe(
 @pytest.mark.parametrize("cb, says", [
     (DoublesTheLoss(), "the loss of training batch 0 is "),
     (NudgesABias(), "the loss of training batch 1 is "),
+
 ])
 def test_a_callback_that_changes_the_loss_or_the_weights_fails_observes_naming_it(cb, says):
     explanation = by_name(check_callback(cb, observes=True))["observes"].explanation

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 # The Accelerate state reset of the Accelerate tests; `fresh_accelerate` is an autouse fixture there and here.
-from test_accelerate import fresh_accelerate  # noqa: F401
 from torch import nn
 
 from minilearn import NormalizedLoss
@@ -16,6 +15,8 @@ from minilearn.callbacks import AccelerateCB
 from minilearn.losses import ImportanceWeightedCrossEntropy, KeyTokenWeightedLoss, PolicyGradientLoss, WeightedCrossEntropy
 from minilearn.testing import CheckFailed, CheckReport, check_loss, sample_preds
 from minilearn.testing.tiny import tiny_learner
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate")  # Accelerate's process-wide state, fresh
 
 V = 7
 
@@ -390,6 +391,7 @@ def test_add_close_compares_numbers_whatever_holds_them(holder):
     (None, "norms is None, not a sequence of numbers (expected [0.5, 2.0])"),
     ([0.5], "norms holds 1 number where 2 are expected: [0.5] against [0.5, 2.0]"),
     ([0.5, "2.0"], "norms[1] is str '2.0', not one number (expected 2)"),
+
 ])
 def test_add_close_names_what_is_not_a_number_where_one_is_expected(got, says):
     report = CheckReport("norms").add_close("norms", got, [0.5, 2.0])
