@@ -10,11 +10,11 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from minilearn.data import IGNORE_INDEX  # re-exported: the token losses' convention
+
 __all__ = ["IGNORE_INDEX", "MEMORY_BUDGET_ELEMENTS", "token_logprobs", "target_logprobs", "shift_targets",
            "check_targets", "LazyLogits"]
 
-# The target id of a position that predicts nothing (padding, a prompt): PyTorch's and Hugging Face's.
-IGNORE_INDEX = -100
 
 # Float32 values a chunk (or a tile, `minilearn.logprobs.linear`) of the logits holds, about 32 MiB:
 # large enough that the per-chunk overhead is noise, far below the logits of a large vocabulary.
