@@ -85,7 +85,7 @@ class AccelerateCB(Callback):
                                        self.acc.num_processes, lambda t: self.acc.reduce(t.to(self.acc.device), "sum"))
         self._mixed_precision, self._seeded, self._no_sync, self._pass_length = self.acc.mixed_precision, False, None, None
         # The prepared model, optimizer and loaders, and the user's that they replaced (put back by `removed`).
-        self._model = self._opt = self._dls = self._user_model = self._user_opt = self._user_dls = None
+        self._model = self._opt = self._dls = self._user_model = self._user_opt = self._user_dls = self._user_gradients = None
         self._user_model_attrs: frozenset[str] = frozenset()  # the names in vars(user's model) before preparing
 
     def before_fit(self, learn):
@@ -105,8 +105,10 @@ class AccelerateCB(Callback):
             prepare = lambda dl: self.acc.prepare_data_loader(dl) if isinstance(dl, DataLoader) else dl  # noqa: E731
             self._user_dls, learn.dls = learn.dls, DataLoaders(prepare(learn.dls.train), prepare(learn.dls.valid))
             self._dls = learn.dls
+        if learn.gradients is not self.gradients:
+            self._user_gradients = learn.gradients
         learn.is_main_process, learn.grad_scaler, learn.gradients = self.acc.is_main_process, self.acc.scaler, self.gradients
-        self.gradients.finish(())  # forget a step a cancelled fit left open
+        self.gradients.reset()
         if not self._seeded:  # every process starts from the script's one random state: give each its own
             self._seeded = True
             if self.seed is not None or self.acc.num_processes > 1:
@@ -174,14 +176,14 @@ class AccelerateCB(Callback):
         self._undo_model_patches()
         # Put back only what is still ours: a model, optimizer or loaders set since then stay.
         for mine, name, theirs in ((self._model, "model", self._user_model), (self._opt, "opt", self._user_opt),
-                                   (self._dls, "dls", self._user_dls)):
+                                   (self._dls, "dls", self._user_dls), (self.gradients, "gradients", self._user_gradients)):
             if mine is not None and getattr(learn, name) is mine:
                 setattr(learn, name, theirs)
         learn.is_main_process, learn.pass_is_sharded, learn.grad_scaler = is_main_process(), False, None
-        learn.gradients, learn.ends_step = StepGradients(), True
+        learn.ends_step = True  # without accumulation every micro-batch ends a step
         self.acc.free_memory()  # Accelerate's references to the prepared objects
         self._model = self._opt = self._dls = self._user_model = self._user_opt = self._user_dls = None
-        self._user_model_attrs = frozenset()
+        self._user_gradients, self._user_model_attrs = None, frozenset()
 
 
 class AccelerateCustomCB(AccelerateCB):

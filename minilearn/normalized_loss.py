@@ -195,7 +195,7 @@ class StepGradients:
                  reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t):
         self.backward_fn, self.processes, self.reduce = backward_fn, processes, reduce
         self.kind: str | None = None  # what this step's micro-batches returned so far (None: nothing yet)
-        self.denominator: torch.Tensor | None = None
+        self.denominator: torch.Tensor | None = None  # their denominators' sum, for a ratio
 
     def backward(self, loss: torch.Tensor, parts: "LossTensor | None" = None, ends_step: bool = True,
                  backward: Callable[[Callable], None] | None = None) -> None:
@@ -216,12 +216,16 @@ class StepGradients:
             d = parts.denominator.to(torch.promote_types(parts.denominator.dtype, torch.float32))  # float64 stays
             self.denominator = d if self.denominator is None else self.denominator + d
 
+    def reset(self) -> None:
+        """Forget the step in progress (one a cancelled fit left open)."""
+        self.kind = self.denominator = None
+
     def finish(self, params, micro_batches: int = 1) -> None:
         """Scale the gradients of `params` (an iterable of parameters) to those of the whole step, and start
         the next step afresh. The gradients hold the sum over the step's micro-batches, averaged over the
         processes by DDP."""
         kind, denominator, p = self.kind, self.denominator, self.processes
-        self.kind = self.denominator = None
+        self.reset()
         if denominator is not None:
             total = self.reduce(denominator)
             scale = torch.where(total != 0, p / total, torch.zeros_like(total))

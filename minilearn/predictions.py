@@ -12,6 +12,7 @@ from minilearn.data import batch_size, is_mapping, take_rows
 from minilearn.distributed import PADDING, cat_padded, pad_across_processes, pad_value, world_size
 from minilearn.inputs import model_inputs
 from minilearn.logprobs.linear import LinearLogits
+from minilearn.sampling.sample import eval_mode
 
 __all__ = ["Predictions", "get_preds", "get_preds_with_inputs", "top_losses", "gather_valid_batch"]
 
@@ -41,9 +42,11 @@ def _join(parts: list, key: str | None = None) -> Any:
 
 
 def _split(learn, batch: Any) -> tuple[Any, Any]:
-    # (what the model takes, the rest): for a tuple batch one tensor each where there is one.
+    # (what the model takes, the rest): for a tuple batch one tensor each where there is one. The keys the model
+    # takes are those the owner of predict passes (TrainCB's `model_inputs`), else those its forward names.
     if is_mapping(batch):
-        names = model_inputs(learn.model)
+        owner = learn.step_owners["predict"]
+        names = owner.model_input_names(learn.model) if hasattr(owner, "model_input_names") else model_inputs(learn.model)
         return ({k: v for k, v in batch.items() if k in names}, {k: v for k, v in batch.items() if k not in names})
     inputs, rest = tuple(batch[:learn.n_inp]), tuple(batch[learn.n_inp:])
     return inputs[0] if len(inputs) == 1 else inputs, rest[0] if len(rest) == 1 else rest
@@ -84,6 +87,13 @@ def _item_losses(learn, rows: int) -> list[torch.Tensor]:
     return out
 
 
+def _batch_losses(learn) -> list[torch.Tensor]:
+    # From the loss's per-item form where the owner of get_loss has one, else the loss of each item alone.
+    owner = learn.step_owners["get_loss"]
+    own = owner.item_losses(learn) if hasattr(owner, "item_losses") else None
+    return list(own.detach()) if own is not None else _item_losses(learn, batch_size(learn.batch))
+
+
 def get_preds(learn, dl: Any = None, with_loss: bool = False) -> Predictions:
     """The model's outputs over `dl` (default `learn.dls.valid`), in dataset order, with the targets and,
     when `with_loss`, one loss per item; see `Learner.get_preds`."""
@@ -106,32 +116,25 @@ def _predict(learn, dl: Any, with_loss: bool, inputs: list | None) -> Prediction
         raise ValueError(f"under {world_size()} processes get_preds needs a loader Accelerate prepared (so that each "
                          f"process predicts its share and the shares are gathered once): learn.dls.valid after a fit "
                          f"with AccelerateCB, or accelerator.prepare(dl); got a {type(dl).__name__}")
-    was_training = learn.model.training
     preds, targets, losses = [], [], []
     # A validation pass's batch events and steps, without the epoch's: the owners of predict and get_loss,
     # the device and gathering callbacks run as in validation, and cleanup_batch however a batch ends.
     with replacing(learn, dl=dl, training=False, iter=0, batch=None, preds=None, loss=None, loss_parts=None,
-                   loss_metrics={}), torch.no_grad():
-        try:
-            learn.model.eval()
-            for learn.iter, learn.batch in enumerate(dl):
-                try:
-                    learn.callback("before_batch")
-                    learn.predict()
-                    learn.callback("after_predict")  # AccelerateCB gathers the processes' outputs here
-                    preds.append(_detached(learn.preds))
-                    model_input, rest = _split(learn, learn.batch)
-                    targets.append(rest)
-                    if inputs is not None:
-                        inputs.append(model_input)
-                    if with_loss:
-                        owner = learn.step_owners["get_loss"]
-                        own = owner.item_losses(learn) if hasattr(owner, "item_losses") else None
-                        losses += list(own.detach()) if own is not None else _item_losses(learn, batch_size(learn.batch))
-                finally:
-                    learn.callback("cleanup_batch")
-        finally:
-            learn.model.train(was_training)
+                   loss_metrics={}), eval_mode(learn.model):
+        for learn.iter, learn.batch in enumerate(dl):
+            try:
+                learn.callback("before_batch")
+                learn.predict()
+                learn.callback("after_predict")  # AccelerateCB gathers the processes' outputs here
+                model_input, rest = _split(learn, learn.batch)
+                preds.append(_detached(learn.preds))
+                targets.append(rest)
+                if inputs is not None:
+                    inputs.append(model_input)
+                if with_loss:
+                    losses += _batch_losses(learn)
+            finally:
+                learn.callback("cleanup_batch")
     if not preds:
         raise ValueError("get_preds was given a loader without batches")
     return Predictions(_join(preds), _join(targets), torch.stack(losses) if with_loss else None)

@@ -155,6 +155,9 @@ def test_swapping_the_custom_loss_between_fits():
     learn.fit(1, cbs=AccelerateCustomCB(first))
     learn.fit(1, cbs=AccelerateCustomCB(second, mixed_precision="bf16"))
     assert len(first.seen) == len(second.seen) == 2
+    gradients = learn.gradients  # the learner's own, put back (not a new one) when a fit's AccelerateCB goes
+    learn.fit(1, cbs=AccelerateCB(gradient_accumulation_steps=2))
+    assert learn.gradients is gradients and learn.ends_step
     learn.fit(1)  # back to the plain loss and TrainCB
     assert learn.loss_parts is None and len(second.seen) == 2
 

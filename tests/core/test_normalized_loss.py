@@ -330,3 +330,15 @@ def test_step_gradients_refuse_a_loss_that_changes_kind_within_a_step_and_start_
         grads.backward(LossTensor.of_sum(theta.sum()), ends_step=True)
     grads.finish([theta])
     grads.backward(LossTensor.of_sum(theta.sum()), ends_step=True)  # a new step may be of another kind
+
+
+def test_step_gradients_reset_forgets_an_open_step():
+    from minilearn.normalized_loss import StepGradients
+    theta = torch.ones(2, requires_grad=True)
+    grads = StepGradients()
+    grads.backward(*[NormalizedLoss(theta.sum(), 4.0).as_tensor()] * 2, ends_step=False)  # a step left open
+    grads.reset()
+    theta.grad = None
+    grads.backward(theta.sum() * 3, ends_step=True)  # a mean alone in its step: not divided by the old 4
+    grads.finish([theta])
+    torch.testing.assert_close(theta.grad, torch.full((2,), 3.0))

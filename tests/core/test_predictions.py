@@ -9,7 +9,7 @@ from support import collator, dataset, gpt2
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from minilearn import DataLoaders, Learner, LossOutputError
+from minilearn import DataLoaders, Learner, LossOutputError, TrainCB
 from minilearn.callbacks import AccelerateCustomCB, LossCB
 from minilearn.demo import TinyCausalLM
 from minilearn.losses import (ImportanceWeightedCrossEntropy, KeyTokenWeightedLoss, PolicyGradientLoss,
@@ -170,3 +170,25 @@ def test_get_preds_uses_the_loss_s_per_item_form_and_checks_its_shape():
     learn.loss_func = Wrong()
     with pytest.raises(LossOutputError, match=r"Wrong.per_item must return one value per item, shape \(6,\), got \(\)"):
         learn.get_preds(with_loss=True)
+
+
+def test_the_keys_the_model_takes_are_those_the_predict_owner_passes():
+    # A model whose forward takes **kwargs names no inputs: TrainCB(model_inputs=) says which keys go to it,
+    # and get_preds counts the rest (and only the rest) as targets.
+    class ByName(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, **kwargs):
+            return self.lin(kwargs["x"] * kwargs["scale"])
+
+    g = torch.Generator().manual_seed(0)
+    batches = [{"x": torch.randn(4, 3, generator=g), "scale": torch.full((4, 1), 2.0),
+                "y": torch.randint(0, 2, (4,), generator=g)} for _ in range(2)]
+    learn = Learner(ByName(), DataLoaders(batches, batches), lambda preds, y: F.cross_entropy(preds, y),
+                    cbs=TrainCB(model_inputs=["x", "scale"]))
+    out = learn.get_preds()
+    assert set(out.targets) == {"y"} and torch.equal(out.targets["y"], torch.cat([b["y"] for b in batches]))
+    with torch.no_grad():
+        torch.testing.assert_close(out.preds, torch.cat([learn.model.lin(b["x"] * 2) for b in batches]))
