@@ -9,20 +9,6 @@ from minilearn.logprobs.linear import LinearLogits
 
 __all__ = ["FusedHead"]
 
-# Hugging Face configuration fields of models that transform the logits after the output layer.
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale")
-
-
-def _hidden_states(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(getattr(out, "last_hidden_state", None), torch.Tensor):
-        return out.last_hidden_state
-    if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    raise TypeError(f"FusedHead's body returned {type(out).__name__}; expected the last hidden states: a tensor "
-                    f"(..., D), a tuple whose first item is one, or a Hugging Face output with last_hidden_state")
-
 
 class FusedHead(nn.Module):
     """A language model split into `body` and output layer `head`, whose forward returns
@@ -56,7 +42,8 @@ class FusedHead(nn.Module):
             raise ValueError(f"{type(model).__name__}.get_output_embeddings() returned None: the model has no output "
                              f"layer to fuse; pass FusedHead(body, head) yourself")
         config = getattr(model, "config", None)
-        for name in _LOGIT_TRANSFORMS:
+        # Hugging Face configuration fields of models that transform the logits after the output layer.
+        for name in ("final_logit_softcapping", "logit_scale"):
             value = getattr(config, name, None)
             if value is not None and value != 1:
                 raise ValueError(f"{type(model).__name__} transforms its logits after the output layer "
@@ -68,7 +55,15 @@ class FusedHead(nn.Module):
                 **kwargs: Any) -> LinearLogits:
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
-        hidden = _hidden_states(self.body(input_ids, **kwargs))
+        hidden = self.body(input_ids, **kwargs)
+        if isinstance(getattr(hidden, "last_hidden_state", None), torch.Tensor):
+            hidden = hidden.last_hidden_state
+        elif isinstance(hidden, tuple) and hidden and isinstance(hidden[0], torch.Tensor):
+            hidden = hidden[0]
+        elif not isinstance(hidden, torch.Tensor):
+            raise TypeError(f"FusedHead's body returned {type(hidden).__name__}; expected the last hidden states: a "
+                            f"tensor (..., D), a tuple whose first item is one, or a Hugging Face output with "
+                            f"last_hidden_state")
         if isinstance(self.head, nn.Linear):
             return LinearLogits(hidden, self.head.weight, self.head.bias)
         return LinearLogits(hidden, self.head if isinstance(self.head, nn.Parameter) else self.head.weight)

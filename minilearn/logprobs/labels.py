@@ -1,7 +1,7 @@
 """Hugging Face causal-LM batches for the token losses: `labels` into `target_tokens`.
 
-Hugging Face's `labels` are unshifted (a copy of `input_ids`, `-100` on padding); `target_tokens`
-are aligned with the logits (position t holds the token it predicts): they differ by one shift.
+Hugging Face's `labels` are a copy of `input_ids` (`-100` on padding); `target_tokens` are shifted one
+step left, aligned with the logits (position t holds the token it predicts).
 """
 
 from collections.abc import Callable, Mapping

@@ -1,9 +1,8 @@
 """Target log-probabilities from hidden states and the output layer, without materialising the logits.
 
-The logits `hidden @ weight.T + bias`, `(tokens, vocab)`, dominate a language model's training
-memory; the forward here computes them one tile (tokens by vocabulary entries) at a time, keeps each
-token's logsumexp, and the backward recomputes each tile: the idea of Liger-Kernel's fused linear
-cross-entropy and Apple's Cut Cross-Entropy, in portable PyTorch, for any loss over log-probabilities.
+The logits `(tokens, vocab)` dominate a language model's training memory: the forward computes them a
+tile at a time, keeping each token's logsumexp, and the backward recomputes each tile (as Liger-Kernel's
+fused linear cross-entropy and Apple's Cut Cross-Entropy do), in portable PyTorch.
 """
 
 import torch
@@ -13,9 +12,6 @@ from torch.autograd.function import once_differentiable
 from minilearn.logprobs.per_token import IGNORE_INDEX, MEMORY_BUDGET_ELEMENTS, slices as _slices, token_logprobs
 
 __all__ = ["LinearLogits", "linear_token_logprobs", "linear_tile_shape"]
-
-# Narrower tiles than this and the matrix products slow down: fewer tokens a tile instead.
-_MIN_TILE_VOCAB = 1024
 
 
 def linear_tile_shape(tokens: int, vocab: int, chunk_size: int | tuple[int, int] | None = None,
@@ -39,7 +35,8 @@ def linear_tile_shape(tokens: int, vocab: int, chunk_size: int | tuple[int, int]
     elif chunk_size is not None:
         rows, cols = chunk_size, budget // max(chunk_size, 1)
     else:
-        cols = min(max(vocab, 1), max(_MIN_TILE_VOCAB, budget // max(tokens, 1)))
+        # Tiles narrower than 1024 slow the matrix products down: fewer tokens a tile instead.
+        cols = min(max(vocab, 1), max(1024, budget // max(tokens, 1)))
         rows = budget // cols
     if not (isinstance(rows, int) and isinstance(cols, int) and rows > 0 and cols > 0):
         raise ValueError(f"chunk_size must be a positive number of tokens or a (tokens, vocabulary entries) pair "
@@ -49,12 +46,6 @@ def linear_tile_shape(tokens: int, vocab: int, chunk_size: int | tuple[int, int]
 
 def _logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     return h @ w.T if b is None else torch.addmm(b, h, w.T)
-
-
-def _logsumexp_(tile: torch.Tensor) -> torch.Tensor:
-    # Row-wise logsumexp that reuses the tile's memory (torch.logsumexp allocates a second tile).
-    top = tile.amax(1, keepdim=True)
-    return tile.sub_(top).exp_().sum(1).log_().add_(top[:, 0])
 
 
 class _LinearTargetLogprobs(torch.autograd.Function):
@@ -73,7 +64,10 @@ class _LinearTargetLogprobs(torch.autograd.Function):
             for v in _slices(weight.shape[0], cols):
                 w, b = weight[v].to(dtype), None if bias is None else bias[v].to(dtype)
                 for r in _slices(h.shape[0], rows):
-                    lse[r] = torch.logaddexp(lse[r], _logsumexp_(_logits(h[r], w, b)))
+                    # In place: torch.logsumexp would allocate a second tile.
+                    tile = _logits(h[r], w, b)
+                    top = tile.amax(1, keepdim=True)
+                    lse[r] = torch.logaddexp(lse[r], tile.sub_(top).exp_().sum(1).log_().add_(top[:, 0]))
             target_logits = torch.empty(targets.shape, dtype=dtype, device=h.device)
             for r in _slices(h.shape[0], rows):
                 target_logits[r] = torch.einsum("rd,rkd->rk", h[r], weight[targets[r]].to(dtype))
@@ -92,17 +86,14 @@ class _LinearTargetLogprobs(torch.autograd.Function):
         # d lp_k / d logit_j = [j == t_k] - softmax_j; ignored targets pass no gradient.
         g = torch.where(keep, grad_lp.to(dtype), torch.zeros((), dtype=dtype, device=lse.device))
         g_sum = g.sum(1, keepdim=True)
-        grad_h = grad_w = grad_b = None
+        grad_w = torch.empty_like(weight) if need_w else None
+        grad_b = torch.empty_like(bias) if need_b else None
         with torch.autocast(hidden.device.type, enabled=False):
             h = hidden.to(dtype)
+            grad_h = torch.zeros(h.shape, dtype=dtype, device=h.device) if need_h else None
             if need_h:
-                grad_h = torch.zeros(h.shape, dtype=dtype, device=h.device)
                 for r in _slices(h.shape[0], rows):  # the [j == t_k] part: sum_k g_k weight[t_k]
                     grad_h[r] = torch.einsum("rk,rkd->rd", g[r], weight[targets[r]].to(dtype))
-            if need_w:
-                grad_w = torch.empty_like(weight)
-            if need_b:
-                grad_b = torch.empty_like(bias)
             for v in _slices(weight.shape[0], cols):
                 w, b = weight[v].to(dtype), None if bias is None else bias[v].to(dtype)
                 # Accumulated in `dtype` for this slice only, then stored in the weight's dtype.
@@ -124,8 +115,7 @@ class _LinearTargetLogprobs(torch.autograd.Function):
                     grad_w[v] = gw.index_add_(0, local, g_inside[:, None] * h[token])
                 if need_b:
                     grad_b[v] = gb.index_add_(0, local, g_inside)
-        grad_h = None if grad_h is None else grad_h.to(hidden.dtype)
-        return grad_h, grad_w, grad_b, None, None, None, None
+        return None if grad_h is None else grad_h.to(hidden.dtype), grad_w, grad_b, None, None, None, None
 
 
 class LinearLogits:
@@ -179,8 +169,7 @@ class LinearLogits:
 
     def target_logprobs(self, targets: torch.Tensor, keep: torch.Tensor, chunk_size: int | tuple[int, int] | None
                         ) -> torch.Tensor:
-        """`LazyLogits.target_logprobs`, `chunk_size` as in `linear_tile_shape`; unchecked: call
-        `token_logprobs` or `linear_token_logprobs` instead."""
+        """`LazyLogits.target_logprobs` (unchecked: call `token_logprobs`), `chunk_size` as in `linear_tile_shape`."""
         hidden = self.hidden.reshape(-1, self.hidden.shape[-1])
         dtype = torch.promote_types(self.dtype, torch.float32)  # at least float32, float64 stays
         tile_shape = linear_tile_shape(hidden.shape[0], self.weight.shape[0], chunk_size)
@@ -201,8 +190,7 @@ def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target_tok
       gradient comes back in its input's dtype). `target_tokens` and the result as in `token_logprobs`.
     - `chunk_size`: tokens a tile, or `(tokens, vocabulary entries)` (see `linear_tile_shape`).
 
-    Memory: one tile and a few numbers a token besides the inputs and gradients. Time: about 4/3 of the
-    matrix products of the naive `log_softmax(hidden @ weight.T)`.
+    Memory: one tile and a few numbers a token beyond inputs and gradients; time: about 4/3 of the naive one's.
 
     >>> hidden, weight = torch.randn(5, 8, dtype=torch.float64), torch.randn(11, 8, dtype=torch.float64)
     >>> targets = torch.tensor([3, 0, -100, 10, 7])

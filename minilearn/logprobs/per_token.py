@@ -1,8 +1,7 @@
 """Target log-probabilities from logits, in at least float32, without a full log-softmax copy.
 
-`lp_t = logits_t[target_t] - logsumexp(logits_t)`, computed in row chunks, each upcast on its own,
-so neither pass holds a float32 copy of the whole `(tokens, vocab)` log-softmax. The logits may
-also be `LazyLogits`, never materialised (such as `LinearLogits`).
+Computed in row chunks, each upcast on its own, so neither pass holds a float32 copy of the whole
+`(tokens, vocab)` log-softmax. The logits may also be `LazyLogits`, never materialised (`LinearLogits`).
 """
 
 from collections.abc import Iterator
@@ -14,7 +13,6 @@ from minilearn.data import IGNORE_INDEX  # re-exported: the token losses' conven
 
 __all__ = ["IGNORE_INDEX", "MEMORY_BUDGET_ELEMENTS", "token_logprobs", "target_logprobs", "shift_targets",
            "check_targets", "LazyLogits"]
-
 
 # Float32 values a chunk (or a tile, `minilearn.logprobs.linear`) of the logits holds, about 32 MiB:
 # large enough that the per-chunk overhead is noise, far below the logits of a large vocabulary.
@@ -41,10 +39,6 @@ def shape_or_type(x: object) -> tuple | str:
     return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
 
 
-def _shapes(logits: torch.Tensor, targets: torch.Tensor, name: str) -> str:
-    return f"{name} shape {tuple(targets.shape)}, logits shape {tuple(logits.shape)}"
-
-
 def check_targets(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tensor, ignore_index: int = IGNORE_INDEX,
                   name: str = "target_tokens") -> None:
     """Raise a clear error when `target_tokens` (`logits.shape[:-1]`, or with a last K dimension) cannot
@@ -63,9 +57,9 @@ def check_targets(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tensor
         raise ValueError(f"logits must have a last (vocabulary) dimension of size >= 1, got shape {tuple(logits.shape)}")
     if not isinstance(target_tokens, torch.Tensor):
         raise TypeError(f"{name} must be a tensor of integer token ids, got {type(target_tokens).__name__}")
+    shapes = f"{name} shape {tuple(target_tokens.shape)}, logits shape {tuple(logits.shape)}"
     if target_tokens.is_floating_point() or target_tokens.is_complex() or target_tokens.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer token ids, got dtype {target_tokens.dtype}; "
-                        f"{_shapes(logits, target_tokens, name)}")
+        raise TypeError(f"{name} must hold integer token ids, got dtype {target_tokens.dtype}; {shapes}")
     lead, shape = tuple(logits.shape[:-1]), tuple(target_tokens.shape)
     if shape != lead and not (len(shape) == len(lead) + 1 and shape[:-1] == lead and shape[-1] >= 1):
         raise ValueError(f"{name} of shape {shape} does not line up with logits of shape {tuple(logits.shape)}: "
@@ -76,17 +70,11 @@ def check_targets(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tensor
     if bad.any():
         first = target_tokens[bad][0].item()
         raise ValueError(f"{name} holds the id {first}, outside [0, {vocab}) where {vocab} = logits.shape[-1] is "
-                         f"the vocabulary size (only ignore_index={ignore_index} may lie outside); "
-                         f"{_shapes(logits, target_tokens, name)}")
+                         f"the vocabulary size (only ignore_index={ignore_index} may lie outside); {shapes}")
 
 
 def slices(length: int, step: int) -> Iterator[slice]:
-    for start in range(0, length, step):
-        yield slice(start, min(start + step, length))
-
-
-def _chunks(rows: int, vocab: int, chunk_rows: int | None) -> Iterator[slice]:
-    return slices(rows, max(1, chunk_rows or MEMORY_BUDGET_ELEMENTS // max(vocab, 1)))
+    return (slice(start, min(start + step, length)) for start in range(0, length, step))
 
 
 class _ChunkedTargetLogprobs(torch.autograd.Function):
@@ -97,11 +85,12 @@ class _ChunkedTargetLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, keep, chunk_rows, dtype):
+        ctx.step = max(1, chunk_rows or MEMORY_BUDGET_ELEMENTS // max(logits.shape[1], 1))
         lp = torch.empty(targets.shape, dtype=dtype, device=logits.device)
-        for rows in _chunks(logits.shape[0], logits.shape[1], chunk_rows):
+        for rows in slices(logits.shape[0], ctx.step):
             lp[rows] = torch.log_softmax(logits[rows].to(dtype), -1).gather(1, targets[rows])
         ctx.save_for_backward(logits, targets, keep)
-        ctx.chunk_rows, ctx.dtype = chunk_rows, dtype
+        ctx.dtype = dtype
         return torch.where(keep, lp, torch.zeros((), dtype=dtype, device=lp.device))
 
     @staticmethod
@@ -112,7 +101,7 @@ class _ChunkedTargetLogprobs(torch.autograd.Function):
         g = torch.where(keep, grad_lp, torch.zeros((), dtype=grad_lp.dtype, device=grad_lp.device))
         g_sum = g.sum(1, keepdim=True)
         grad = torch.empty_like(logits)
-        for rows in _chunks(logits.shape[0], logits.shape[1], ctx.chunk_rows):
+        for rows in slices(logits.shape[0], ctx.step):
             part = torch.log_softmax(logits[rows].to(ctx.dtype), -1).exp_().mul_(-g_sum[rows])
             grad[rows] = part.scatter_add_(1, targets[rows], g[rows])
         return grad, None, None, None, None
@@ -123,9 +112,8 @@ def token_logprobs(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tenso
     """Log-probabilities `log softmax(logits)[target]` of the target tokens, in at least float32.
 
     - `logits`: `(..., V)`, any floating dtype, or `LazyLogits` (such as `LinearLogits`).
-    - `target_tokens`: integer, `(...)` or `(..., K)` (K candidates a position, as in top-K
-      distillation); `ignore_index` gives 0 and no gradient; bad targets raise (`check_targets`).
-    - returns: the shape of `target_tokens`.
+    - `target_tokens`: integer, `(...)` or `(..., K)` (K candidates a position, as in top-K distillation),
+      the result's shape; `ignore_index` gives 0 and no gradient; bad targets raise (`check_targets`).
     - `chunk_rows`: rows of `logits` normalised at a time (default: about 8M elements a chunk).
 
     >>> logits = torch.tensor([[0.0, 0.0], [0.0, 2.0]])
@@ -145,15 +133,13 @@ def target_logprobs(logits: torch.Tensor | LazyLogits, target_tokens: torch.Tens
     >>> target_logprobs(torch.zeros(1, 4), torch.tensor([2]))
     tensor([-1.3863])
     """
-    vocab = logits.shape[-1]
-    candidates = target_tokens.ndim == logits.ndim
-    targets = target_tokens if candidates else target_tokens.unsqueeze(-1)
+    targets = target_tokens if target_tokens.ndim == logits.ndim else target_tokens.unsqueeze(-1)
     targets = targets.reshape(-1, targets.shape[-1])
     keep = targets != ignore_index
     safe = torch.where(keep, targets, torch.zeros((), dtype=targets.dtype, device=targets.device)).long()
     if isinstance(logits, torch.Tensor):
         dtype = torch.float32 if logits.element_size() < 4 else logits.dtype
-        lp = _ChunkedTargetLogprobs.apply(logits.reshape(-1, vocab), safe, keep, chunk_rows, dtype)
+        lp = _ChunkedTargetLogprobs.apply(logits.reshape(-1, logits.shape[-1]), safe, keep, chunk_rows, dtype)
     else:
         lp = logits.target_logprobs(safe, keep, chunk_rows)
     return lp.reshape(target_tokens.shape)

@@ -2,14 +2,12 @@
 
 The convention, for a mapping batch of `B` sequences (the one place it is written down):
 
-- The targets are the batch key `target_tokens`, `(B, T)` or `(B, T, K)` (K candidates a position),
-  `IGNORE_INDEX` where nothing is predicted.
-- Without `target_tokens`, they are the next tokens of `input_ids` (`shift_targets`); with an
-  `attention_mask`, a target counts only where positions t and t+1 are both real tokens.
+- The targets are `target_tokens`, `(B, T)` or `(B, T, K)` (K candidates a position), `IGNORE_INDEX`
+  where nothing is predicted; else the next tokens of `input_ids` (`shift_targets`), counting only
+  where positions t and t+1 are both real tokens of the `attention_mask`, if any.
 - Sequence i contributes the positions whose target is not `ignore_index`, in order: `(T_i,)`, or
-  `(T_i, K)` for candidates, where a position counts when all K are given (a mix is an error).
-- Per-token reference log-probabilities in the batch (`ref_logprobs`, `(B, T)` or `(B, T, K)`) are
-  cut into sequences the same way.
+  `(T_i, K)` where all K are given (a mix is an error). Per-token `ref_logprobs` in the batch,
+  `(B, T)` or `(B, T, K)`, are cut into sequences the same way.
 """
 
 from collections.abc import Mapping
