@@ -20,12 +20,8 @@ class RolloutCB(Callback):
     and put them in `buffer`, the dataset the training loader reads: the epoch's optimizer steps then
     go over completions of the current policy (one epoch = one round of GRPO-style RL).
 
-    Each round takes `prompts_per_round` of `prompts` at random (all of them, in order, when None),
-    samples `group_size` completions of each (`minilearn.sampling.make_rollouts`: `max_new_tokens`,
-    `temperature`, `top_k`, stopping at `eos_token_id`), scores them with
-    `reward_fn(prompts, completions)` (token-id lists, one a completion), and stores the rollouts with
-    their per-token `advantages` (`group_advantages(..., advantage_scale)`) and, with a `ref_model`,
-    the frozen reference's `ref_logprobs` for the KL term. A `PolicyGradientLoss` takes them by name.
+    Each round takes `prompts_per_round` of `prompts` at random (all of them, in order, when None) and
+    makes its rollouts with `minilearn.sampling.make_rollouts` (the other arguments are its own).
 
     Build the training loader on `buffer` (`len(buffer)` is `prompts_per_round * group_size`):
 
@@ -34,12 +30,11 @@ class RolloutCB(Callback):
     >>> # learn = Learner(policy, dls, PolicyGradientLoss("ppo", kl_coef=0.05, aggregation="sequence_mean"),
     >>> #                 cbs=[rl, MetricsCB(), ProgressCB()])
 
-    The round is drawn from `learn.unwrapped_model` with random generators seeded by `seed` and the
-    round's number, so every process draws the same rollouts (its loader then takes its share of
-    them) and a run repeated from the same start draws the same rounds. `history` holds a row a round (`epoch`, `reward`, its
-    `reward_std`, the mean `completion_tokens`, the sampling `seconds`), and the round's mean
-    `reward` joins the epoch's row of the progress table (`learn.epoch_metrics`, MetricsCB's).
-    Checkpoints keep the rounds (and a round in progress), so `fit(resume=...)` goes on exactly.
+    The round is drawn from `learn.unwrapped_model` with generators seeded by `seed` and the round's
+    number, so every process draws the same rollouts (its loader takes its share) and a repeated run
+    the same rounds. `history` holds a row a round (`epoch`, `reward`, `reward_std`, the mean
+    `completion_tokens`, the sampling `seconds`); the mean `reward` joins the epoch's row of the
+    progress table. Checkpoints keep the rounds (and a round in progress) for `fit(resume=...)`.
     """
 
     # Samples at before_epoch (any order would do: the loader starts after before_epoch); at after_epoch,
@@ -85,30 +80,28 @@ class RolloutCB(Callback):
         chosen = (torch.randperm(len(self.prompts), generator=chooser)[:self.prompts_per_round].tolist()
                   if self.prompts_per_round < len(self.prompts) else range(len(self.prompts)))
         model = learn.unwrapped_model
-        device = next(model.parameters()).device
-        generator = torch.Generator(device=device).manual_seed(seed)
+        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         batch = make_rollouts(model, [self.prompts[i] for i in chosen], self.reward_fn, self.group_size,
                               self.max_new_tokens, self.temperature, self.top_k, self.eos_token_id, generator,
                               self.ref_model, self.advantage_scale)
         self.buffer.fill(batch)
         self._in_round = True  # only now: a round that failed (a bad reward) leaves no round for a checkpoint to keep
         rewards = batch["rewards"].double()
-        self.history.append({"epoch": learn.epoch, "reward": rewards.mean().item(),
-                             "reward_std": rewards.reshape(-1, self.group_size).std(1).mean().item()
-                             if self.group_size > 1 else 0.0,
-                             "completion_tokens": (batch["target_tokens"] != IGNORE_INDEX).sum(1).double().mean().item(),
-                             "seconds": time.perf_counter() - start})
+        spread = rewards.reshape(-1, self.group_size).std(1).mean().item() if self.group_size > 1 else 0.0
+        tokens = (batch["target_tokens"] != IGNORE_INDEX).sum(1).double().mean().item()
+        self.history.append({"epoch": learn.epoch, "reward": rewards.mean().item(), "reward_std": spread,
+                             "completion_tokens": tokens, "seconds": time.perf_counter() - start})
 
     def after_epoch(self, learn):
+        row = learn.epoch_metrics
         if learn.training:
             self._in_round = False
-        row = learn.epoch_metrics
-        if learn.training and row is not None and row.get("phase") == "train" and self.history:
-            row["reward"] = self.history[-1]["reward"]
+            if row is not None and row.get("phase") == "train" and self.history:
+                row["reward"] = self.history[-1]["reward"]
 
     def state_dict(self) -> dict:
-        """The rounds so far and, saved in the middle of a round, its rollouts: a fit resumed from a
-        checkpoint (`fit(resume=...)`) draws the rounds the uninterrupted fit would have drawn."""
+        """The rounds so far and, mid-round, its rollouts: `fit(resume=...)` draws the rounds the
+        uninterrupted fit would have drawn."""
         return {"history": self.history, "in_round": self._in_round,
                 "rollouts": self.buffer.batch if self._in_round else None}
 
@@ -123,13 +116,11 @@ class RolloutCB(Callback):
         import matplotlib.pyplot as plt
         if ax is None:
             _, ax = plt.subplots(figsize=(6, 3.5))
-        rounds = range(len(self.history))
-        mean = [h["reward"] for h in self.history]
+        rounds, mean = range(len(self.history)), [h["reward"] for h in self.history]
         spread = [h["reward_std"] for h in self.history]
         ax.plot(rounds, mean, "o-", label="mean reward")
         ax.fill_between(rounds, [m - s for m, s in zip(mean, spread)], [m + s for m, s in zip(mean, spread)],
                         alpha=0.2, label="within-group std")
-        ax.set_xlabel("round (training epoch)")
-        ax.set_ylabel("reward")
+        ax.set(xlabel="round (training epoch)", ylabel="reward")
         ax.legend()
         return ax

@@ -7,11 +7,9 @@ A checkpoint is a directory holding
     state-<tag>.pt              everything else (optimizer, schedules, position, random states), read back
                                 with `torch.load(weights_only=True)`, which refuses pickled objects
 
-Every file is written to a temporary name, flushed to disk (fsync) and renamed into place, and each
-save writes files under a fresh tag. The manifest is replaced last, in one atomic rename, and only then
-are the files of the previous save deleted. So whenever a save is killed, the manifest on disk names a
-complete, earlier set of files: the previous checkpoint survives intact, and a directory that was
-never completed has no manifest and is not a checkpoint.
+Every file is written to a temporary name, fsynced and renamed into place, under a fresh tag each
+save; the manifest is replaced last, and only then are the previous save's files deleted. So a killed
+save leaves the previous checkpoint intact, and a directory never completed has no manifest.
 """
 
 import hashlib
@@ -40,8 +38,7 @@ PathLike = str | os.PathLike
 
 
 def _fsync_dir(directory: Path) -> None:
-    # A rename is only durable once the directory entry itself is on disk (POSIX; Windows cannot open
-    # a directory for this and does not need it).
+    # A rename is durable only once the directory entry is on disk (POSIX; Windows neither can nor needs to).
     if os.name == "posix":
         fd = os.open(directory, os.O_RDONLY)
         try:
@@ -51,8 +48,8 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def atomic_write(path: PathLike, write: Callable[[Path], None]) -> None:
-    """Create or replace the file `path` with what `write(temporary_path)` writes, so that `path` is at
-    every moment either the old file or the complete new one, also if the process is killed.
+    """Create or replace the file `path` with what `write(temporary_path)` writes, so that `path` is
+    always either the old file or the complete new one, even if the process is killed.
 
     >>> import tempfile
     >>> p = Path(tempfile.mkdtemp()) / "a.txt"
@@ -74,14 +71,11 @@ def atomic_write(path: PathLike, write: Callable[[Path], None]) -> None:
 
 
 def _check_plain(value: Any, where: str) -> None:
-    # torch.load(weights_only=True) reads back only plain data; refusing anything else while saving
-    # gives the error now, naming the culprit, rather than a checkpoint that cannot be loaded later.
-    if isinstance(value, dict):
-        for k, v in value.items():
+    # torch.load(weights_only=True) reads back only plain data: fail now, naming the culprit, rather
+    # than write a checkpoint that cannot be loaded.
+    if isinstance(value, (dict, list, tuple)):
+        for k, v in value.items() if isinstance(value, dict) else enumerate(value):
             _check_plain(v, f"{where}[{k!r}]")
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_plain(v, f"{where}[{i}]")
     elif not isinstance(value, _PLAIN):
         raise TypeError(f"{where} is a {type(value).__name__}; a checkpoint keeps only tensors, numbers, strings, "
                         f"None, and lists, tuples and dicts of them (so that loading it never runs code)")
@@ -94,10 +88,8 @@ def _sha256(path: Path) -> str:
 
 def save_checkpoint(path: PathLike, model: torch.nn.Module, state: dict) -> Path:
     """Save `model`'s weights and the plain-data `state` as the checkpoint directory `path` (created
-    if needed; an earlier checkpoint there is replaced atomically). Returns `path`.
-
-    Raises `TypeError`, before writing anything, when `state` holds something other than tensors,
-    numbers, strings, None, lists, tuples and dicts."""
+    if needed; an earlier checkpoint there is replaced atomically). Returns `path`. Raises `TypeError`,
+    writing nothing, when `state` holds other than tensors, numbers, strings, None, lists, tuples, dicts."""
     _check_plain(state, "state")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -154,11 +146,9 @@ def _verified_file(path: Path, manifest: dict, key: str) -> Path:
 
 
 def read_checkpoint(path: PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Read a checkpoint written by `save_checkpoint`: `(state, weights)`, on the CPU.
-
-    Checks the manifest and the sha256 of each file first; raises `CheckpointError` naming the file
-    when the checkpoint is missing, incomplete, corrupted, or its state holds pickled objects (which
-    are refused, not run)."""
+    """Read a checkpoint written by `save_checkpoint`: `(state, weights)`, on the CPU, after checking
+    the manifest and each file's sha256. Raises `CheckpointError` naming the file when the checkpoint
+    is missing, incomplete, corrupted, or its state holds pickled objects (refused, not run)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"no checkpoint at {path}: expected a directory written by Learner.save")
@@ -191,9 +181,8 @@ def read_checkpoint(path: PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def check_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: PathLike) -> None:
-    """Raise `CheckpointError` naming `source` unless `weights` (from `read_checkpoint`) fit `model`:
-    the same names (a tied weight may be stored once) and shapes. Then
-    `model.load_state_dict(weights, strict=False)` loads them."""
+    """Raise `CheckpointError` naming `source` unless `weights` (from `read_checkpoint`) fit `model`
+    (same names, a tied weight stored once, and shapes) for `model.load_state_dict(weights, strict=False)`."""
     expected = model.state_dict()
     # A tied weight is stored once; the other names of its storage are filled by loading that one.
     loaded_storage = {expected[k].untyped_storage().data_ptr() for k in weights if k in expected}

@@ -1,9 +1,5 @@
 """What `Learner.save` and `Learner.load` write and read: a learner's training state in a checkpoint
-(weights, optimizer, callbacks' states, position in the fit, random states).
-
-How the files are written is `minilearn.checkpoints.files`'s business, how a fit goes on from them
-`minilearn.checkpoints.resume`'s; here is only what a learner puts in and takes out.
-"""
+(weights, optimizer, callbacks' states, position in the fit, random states)."""
 
 import os
 from pathlib import Path
@@ -29,18 +25,15 @@ def stateful_callbacks(cbs: list[Callback]) -> dict[str, Callback]:
 
 def save_learner(learn, path: str | os.PathLike, with_opt: bool = True) -> Path:
     """Save `learn`'s training state in a checkpoint directory at `path` (`Learner.save`): the model's
-    weights (safetensors) and, as plain data, the optimizer state and float16 loss scaler's
-    (`learn.grad_scaler`, when `with_opt`), the state of
-    callbacks that keep one (schedules, `SaveModelCB`, `EarlyStoppingCB`), the position in the fit and
-    the random states, so that `fit(..., resume=path)` continues exactly. The write is atomic: if it is
-    interrupted, the checkpoint that was at `path` before is left intact.
+    weights and, as plain data, the optimizer's and float16 loss scaler's states (when `with_opt`),
+    those of callbacks that keep one, the position in the fit and the random states, so that
+    `fit(..., resume=path)` continues exactly. The write is atomic: if it is interrupted, the
+    checkpoint that was at `path` before is left intact. Called from within a training batch, that
+    batch counts as done; after the training pass, the fit resumes at the next epoch.
 
-    Called from a callback, it records the fit's position: within a training batch, that batch
-    counts as done; after the training pass, the fit resumes at the next epoch.
-
-    Under several processes every process calls it (it is a collective): each process's random
-    states and the states at the start of its pass are gathered into `state["ranks"]`, the main
-    process writes, and all return once the checkpoint is complete.
+    Under several processes it is a collective: each process's random states (now and at the start
+    of its pass) are gathered into
+    `state["ranks"]`, the main process writes, and all return once the checkpoint is complete.
 
     >>> import tempfile
     >>> import torch
@@ -72,8 +65,7 @@ def restore_learner(learn, state: dict, weights: dict, source: str | os.PathLike
     model = learn.unwrapped_model
     check_weights(model, weights, source)
     if with_opt and "opt" in state:
-        had = learn.opt
-        opt = learn.create_opt()
+        had, opt = learn.opt, learn.create_opt()
         try:
             opt.load_state_dict(state["opt"])  # checks the parameter groups before it changes anything
         except (ValueError, KeyError) as e:
@@ -89,8 +81,7 @@ def restore_learner(learn, state: dict, weights: dict, source: str | os.PathLike
 
 
 def load_learner(learn, path: str | os.PathLike, with_opt: bool = True) -> None:
-    """Load a checkpoint written by `save_learner` into `learn` (`Learner.load`): the weights, the
-    optimizer state (when `with_opt`; the optimizer is built if there is none yet) and the state of
-    the callbacks present that keep one. Raises `CheckpointError`, changing nothing, when the
-    checkpoint is missing, corrupted, holds pickled objects, or does not fit the model or optimizer."""
+    """Load a checkpoint written by `save_learner` into `learn` (`Learner.load`), as `restore_learner`
+    does. Raises `CheckpointError`, changing nothing, when the checkpoint is missing, corrupted, holds
+    pickled objects, or does not fit the model or optimizer."""
     restore_learner(learn, *read_checkpoint(path), path, with_opt)

@@ -1,12 +1,10 @@
 """The random number generators that decide a training run, read and set as plain data.
 
 A run is reproduced bit for bit only if every generator it draws from starts where it was: torch's
-(CPU, and each CUDA device), Python's `random`, numpy's global one when numpy is installed, and the
-generators a `DataLoader` shuffles with. The states are tensors, numbers and tuples, so a checkpoint
-keeps them without pickling any object.
-
-A forward pass draws (dropout masks) from fewer of them: torch's CPU generator and its device's.
-`forward_random_state` reads those, so that a second forward of the same rows can draw the same masks.
+(CPU and each CUDA device), Python's `random`, numpy's global one (when installed), and those a
+`DataLoader` shuffles with. The states are tensors, numbers and tuples: a checkpoint keeps them
+without pickling. A forward pass draws (dropout masks) only from torch's CPU generator and its
+device's: `forward_random_state` reads those.
 """
 
 import random
@@ -26,10 +24,9 @@ __all__ = ["loader_generators", "random_states", "set_random_states", "forward_r
 
 
 def loader_generators(loader: Any) -> list[torch.Generator]:
-    """The `torch.Generator`s a data loader draws its order from (each once): its own `generator` and
-    those of its samplers, found through `sampler` and `batch_sampler` however deep they are nested
-    (a loader Accelerate prepared for several processes keeps its shuffling generator in
-    `batch_sampler.batch_sampler.sampler`, as `synchronized_generator`); none for a plain list of batches.
+    """The `torch.Generator`s a data loader draws its order from (each once): its own `generator` (or
+    `synchronized_generator`, Accelerate's) and its samplers', through `sampler` and `batch_sampler`
+    however deeply nested; none for a plain list of batches.
 
     >>> from torch.utils.data import DataLoader
     >>> g = torch.Generator()
@@ -91,9 +88,8 @@ def set_random_states(states: dict, loader: Any = None) -> None:
 
 def forward_random_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The state of the generators a forward pass on `device` draws from: torch's CPU generator and,
-    on a CUDA device, that device's own (None elsewhere). Two-pass losses read it before each
-    micro-batch of their first pass and set it back before the same micro-batch of the second, so that
-    both passes draw the same dropout masks and the gradient is exact in train mode.
+    on a CUDA device, that device's own (None elsewhere). Set back before a second forward of the
+    same rows (two-pass losses), it draws the same dropout masks.
 
     >>> s = forward_random_state(torch.device("cpu")); a = torch.rand(1)
     >>> set_forward_random_state(s, torch.device("cpu")); bool(torch.rand(1) == a)

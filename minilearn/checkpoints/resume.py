@@ -1,11 +1,9 @@
 """Resuming a fit exactly where a checkpoint left it, also in the middle of an epoch.
 
-Where a run is, for a checkpoint, is the epoch, how many training batches of it are done, and the
-random states at that moment. To resume in the middle of an epoch the shuffled order of that epoch
-must come out the same, so the random states at the start of the training pass are kept too: on
-resume they are set back, the loader is iterated past the batches already done (its shuffle, workers'
-seeds and any random augmentation in the dataset replay exactly), and then the states of the moment
-of the save are set.
+A checkpoint's position is the epoch, its training batches done, and the random states then. To
+resume mid-epoch the epoch's shuffle must come out the same, so the random states at the start of the
+training pass are kept too: on resume they are set back, the loader is iterated past the batches done
+(replaying its shuffle, workers' seeds and random augmentation), then the states of the save are set.
 """
 
 import os
@@ -23,8 +21,7 @@ __all__ = ["TrainingPosition", "Resume"]
 
 class TrainingPosition:
     """Follows the training passes of a Learner (`learn.position`): the random states at the start of
-    the current pass and the number of its batches handed out, and, when a fit resumes, skips the
-    batches a checkpoint had already done."""
+    the current pass and the number of its batches handed out; on resume, skips the batches done."""
 
     def __init__(self):
         self.pass_start: dict | None = None
@@ -41,7 +38,7 @@ class TrainingPosition:
         batches = enumerate(learn.dl)
         if resume:
             skip, _, now = resume
-            for self.done, _batch in zip(range(1, skip + 1), batches):
+            for self.done, _ in zip(range(1, skip + 1), batches):
                 pass
             if self.done < skip:
                 raise ValueError(f"the checkpoint was saved after {skip} training batches of epoch {learn.epoch}, "
@@ -55,11 +52,9 @@ class TrainingPosition:
         """Where a fit saved now would resume: `{"epoch", "skip", "pass_start"}`. Saved during (or at the
         end of) a training pass, it resumes that pass after the `skip` batches done; saved later in the
         epoch, it resumes at the next epoch; before any training, at the start."""
-        if self.pass_start is None:
-            return {"epoch": 0, "skip": None, "pass_start": None}
-        if training:
+        if self.pass_start is not None and training:
             return {"epoch": epoch, "skip": self.done, "pass_start": self.pass_start}
-        return {"epoch": epoch + 1, "skip": None, "pass_start": None}
+        return {"epoch": 0 if self.pass_start is None else epoch + 1, "skip": None, "pass_start": None}
 
     def resume_at(self, point: dict, now: dict, loader: Any) -> None:
         """Set the random states for resuming at `point` (from `resume_point`); `now` are the states of
@@ -76,10 +71,9 @@ class TrainingPosition:
 
 class Resume:
     """What `fit(resume=path)` does with the checkpoint at `path`, read and checked when it is made,
-    before the fit changes anything: `first_epoch` is where the fit goes on, and `restore(learn)`,
-    which the fit runs once every callback's `before_fit` has (so schedules exist and AccelerateCB has
-    prepared the model and optimizer), loads the weights, optimizer and callback states, and sets the
-    random states and data position. Its errors come from `fit`, which is what the user called."""
+    before the fit changes anything: `first_epoch` is where the fit goes on, and `restore(learn)`, run
+    after every callback's `before_fit` (so schedules and prepared models exist), loads the weights,
+    optimizer and callback states, and sets the random states and data position."""
 
     def __init__(self, path: str | os.PathLike):
         self.state, self.weights = read_checkpoint(path)
@@ -95,7 +89,18 @@ class Resume:
 
     def restore(self, learn) -> None:
         """Put `learn` where the checkpoint was saved (see the class)."""
-        point, now = self._this_process(self.state)
+        # A checkpoint of several processes keeps each one's position and random states, and an exact
+        # resume needs the same number of processes, each taking back its own.
+        ranks = self.state.get("ranks")
+        saved_by = len(ranks) if ranks else 1
+        if saved_by != world_size():
+            raise CheckpointError(f"the checkpoint {self.path} was saved by {saved_by} process(es) and this fit runs "
+                                  f"{world_size()}: an exact resume needs the same number (each process takes back "
+                                  f"its own random states and share of the data); learn.load(path) loads the "
+                                  f"weights alone")
+        mine = ranks[rank()] if ranks else self.state
+        point = {**self.state["position"], "pass_start": mine["pass_start"]} if ranks else self.state["position"]
+        now = mine["random"]
         saved = set(self.state["callbacks"])
         present = set(stateful_callbacks(learn.cbs))
         if saved != present:
@@ -104,18 +109,3 @@ class Resume:
                              f"saved it (in Learner(cbs=...) or fit(cbs=...))")
         restore_learner(learn, self.state, self.weights, self.path)
         learn.position.resume_at(point, now, learn.dls.train)
-
-    def _this_process(self, state: dict) -> tuple[dict, dict]:
-        # The position and random states of this process: a checkpoint of several processes keeps
-        # each one's, and an exact resume needs the same number of processes, each taking its own.
-        ranks = state.get("ranks")
-        saved_by = len(ranks) if ranks else 1
-        if saved_by != world_size():
-            raise CheckpointError(f"the checkpoint {self.path} was saved by {saved_by} process(es) and this fit runs "
-                                  f"{world_size()}: an exact resume needs the same number (each process takes back "
-                                  f"its own random states and share of the data); learn.load(path) loads the "
-                                  f"weights alone")
-        if not ranks:
-            return state["position"], state["random"]
-        mine = ranks[rank()]
-        return {**state["position"], "pass_start": mine["pass_start"]}, mine["random"]

@@ -25,16 +25,14 @@ def make_rollouts(model: nn.Module, prompts: Prompts, reward_fn: RewardFn, group
                   temperature: float = 1.0, top_k: int | None = None, eos_token_id: int | None = None,
                   generator: torch.Generator | None = None, ref_model: nn.Module | None = None,
                   advantage_scale: AdvantageScale = "std") -> dict[str, torch.Tensor]:
-    """A round of GRPO-style rollouts as one dict batch: `sample`'s keys (`input_ids`,
-    `attention_mask`, `target_tokens`, `logprobs`, `prompt_index`) plus
+    """A round of GRPO-style rollouts as one dict batch on `model`'s device, which
+    `PolicyGradientLoss` takes by name: `sample`'s keys plus
 
     - `rewards` `(B,)`: `reward_fn(prompts, completions)`, one finite number a completion (`check_rewards`);
-    - `advantages` `(B, T)`: `group_advantages(rewards, group_size, advantage_scale)` at each drawn
-      token of the completion, 0 elsewhere (every token of a completion shares its advantage);
+    - `advantages` `(B, T)`: `group_advantages(rewards, group_size, advantage_scale)` at every drawn
+      token of the completion, 0 elsewhere;
     - `ref_logprobs` `(B, T)` when `ref_model` is given: the frozen reference model's log-probabilities
       of the drawn tokens, for the KL term of `PolicyGradientLoss(kl_coef=...)`.
-
-    Everything is on `model`'s device; `PolicyGradientLoss` takes the batch by name.
 
     >>> from minilearn.demo.tiny_model import TinyCausalLM
     >>> lm = TinyCausalLM(vocab_size=12, dim=16, n_layers=1, n_heads=2, max_len=16)
@@ -50,9 +48,8 @@ def make_rollouts(model: nn.Module, prompts: Prompts, reward_fn: RewardFn, group
     completions = completion_tokens(batch, eos_token_id)
     rewards = check_rewards(reward_fn([rows[i] for i in batch["prompt_index"].tolist()], completions),
                             len(completions), reward_fn).to(batch["input_ids"].device)
-    counted = batch["target_tokens"] != IGNORE_INDEX
-    advantages = group_advantages(rewards, group_size, advantage_scale)
-    batch |= {"rewards": rewards, "advantages": torch.where(counted, advantages[:, None], 0.0)}
+    advantages = group_advantages(rewards, group_size, advantage_scale)[:, None]
+    batch |= {"rewards": rewards, "advantages": torch.where(batch["target_tokens"] != IGNORE_INDEX, advantages, 0.0)}
     if ref_model is not None:
         batch["ref_logprobs"] = model_logprobs(ref_model, batch).to(batch["logprobs"].device)
     return batch
@@ -60,9 +57,8 @@ def make_rollouts(model: nn.Module, prompts: Prompts, reward_fn: RewardFn, group
 
 def check_rewards(rewards: Sequence[float] | torch.Tensor, n: int, reward_fn: Callable | None = None) -> torch.Tensor:
     """What `reward_fn` returned for `n` completions as a float32 `(n,)` tensor, or an error naming
-    `reward_fn` and what was wrong: not a list or 1-d tensor, a length other than `n`, or (the first)
-    reward that is not a finite real number, with its index, value and type. NaN and infinities are
-    refused too: one would make the advantages of its whole group NaN.
+    `reward_fn` and what was wrong: not a list or 1-d tensor, a length other than `n`, or the first
+    reward that is not a finite real number (NaN would make its whole group's advantages NaN).
 
     >>> check_rewards([1, 0.5, True], 3)
     tensor([1.0000, 0.5000, 1.0000])
@@ -96,8 +92,8 @@ class RolloutBuffer(Dataset):
     """A dataset of `size` rollouts that is refilled each round (`fill`), so that one DataLoader made
     at the start (and prepared by Accelerate, sharded over processes) serves every round.
 
-    Item `i` is row `i` of the batch last filled in, a dict of tensors (on the CPU); all rows of a
-    round have the same width, so the default collate stacks them.
+    Item `i` is row `i` of the batch last filled in, a dict of CPU tensors of one width (the default
+    collate stacks them).
 
     >>> buffer = RolloutBuffer(2)
     >>> buffer.fill({"input_ids": torch.tensor([[1, 2], [3, 4]])})

@@ -46,8 +46,7 @@ def prompt_tokens(prompts: Prompts) -> list[list[int]]:
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no_grad for the length of a `with` block, then every module's own mode back (a
-    model partly in eval mode, say a frozen part, comes back so).
+    """Eval mode and no_grad for a `with` block, then every module's own mode back (a frozen part stays eval).
 
     >>> lm = nn.Sequential(nn.Dropout(), nn.Dropout()); _ = lm[1].eval()
     >>> with eval_mode(lm): print(lm.training, torch.is_grad_enabled())
@@ -66,8 +65,7 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def _logits(out: Any) -> torch.Tensor | LinearLogits:
-    # The logits (B, T, V) in what a causal LM returns (the loss's rule, `select_output`: a tensor, a
-    # Hugging Face output's .logits, LinearLogits from a FusedHead), or the first item of a tuple.
+    # The logits (B, T, V) of a causal LM's output, found as the loss finds them, or a tuple's first item.
     logits = select_output(out, "logits")
     if isinstance(logits, tuple) and logits:
         logits = logits[0]
@@ -78,38 +76,24 @@ def _logits(out: Any) -> torch.Tensor | LinearLogits:
     return logits
 
 
-def _last_logits(out: Any) -> torch.Tensor:
-    # The logits of the last position, (B, V); of a FusedHead's output only that position is computed.
-    logits = _logits(out)
-    if isinstance(logits, LinearLogits):
-        return LinearLogits(logits.hidden[:, -1], logits.weight, logits.bias).materialize()
-    return logits[:, -1]
-
-
-def _draw(logits: torch.Tensor, temperature: float, top_k: int | None,
+def _draw(out: Any, temperature: float, top_k: int | None,
           generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    # One token a row and its log-probability under the distribution it was drawn from.
+    # One token a row from the last position's logits (B, V), and its log-probability under the
+    # distribution it was drawn from; of a FusedHead's output only that position is computed.
+    logits = _logits(out)
+    logits = (LinearLogits(logits.hidden[:, -1], logits.weight, logits.bias).materialize()
+              if isinstance(logits, LinearLogits) else logits[:, -1])
     logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     if temperature == 0:  # greedy: no distribution was sampled, so report the model's own log-probability
-        token = logits.argmax(-1)
-        return token, F.log_softmax(logits, -1).gather(-1, token[:, None])[:, 0]
-    scaled = logits / temperature
-    if top_k is not None and top_k < scaled.shape[-1]:
-        kth = scaled.topk(top_k, dim=-1).values[:, -1:]
-        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-    logp = F.log_softmax(scaled, -1)
-    device = generator.device if generator is not None else logp.device
-    token = torch.multinomial(logp.exp().to(device), 1, generator=generator)[:, 0].to(logp.device)
+        logp, token = F.log_softmax(logits, -1), logits.argmax(-1)
+    else:
+        scaled = logits / temperature
+        if top_k is not None and top_k < scaled.shape[-1]:
+            scaled = scaled.masked_fill(scaled < scaled.topk(top_k, dim=-1).values[:, -1:], float("-inf"))
+        logp = F.log_softmax(scaled, -1)
+        device = generator.device if generator is not None else logp.device
+        token = torch.multinomial(logp.exp().to(device), 1, generator=generator)[:, 0].to(logp.device)
     return token, logp.gather(-1, token[:, None])[:, 0]
-
-
-def _cache_argument(names: tuple[str, ...]) -> str | None:
-    # Hugging Face causal LMs (their forward's parameter `names`) take and return their KV cache: as
-    # `cache` (transformers 5) or `past_key_values` (earlier versions). Other models are run on the whole
-    # sequence every step.
-    if "use_cache" not in names:
-        return None
-    return next((name for name in ("cache", "past_key_values") if name in names), None)
 
 
 def sample(model: nn.Module, prompts: Prompts, max_new_tokens: int, temperature: float = 1.0,
@@ -118,20 +102,15 @@ def sample(model: nn.Module, prompts: Prompts, max_new_tokens: int, temperature:
     """Draw `group_size` completions of each prompt from the causal LM `model`, with the log-probability
     the sampler gave each drawn token: the rollouts of RL post-training, as a batch for the losses.
 
-    - `model`: `forward(input_ids, attention_mask)` returning logits `(B, T, V)`, a Hugging Face
-      output with `.logits` (then its KV cache is used), or `LinearLogits` (a `FusedHead`).
-    - `prompts`: a list of token-id lists (or 1-D tensors), a 2-D tensor, or a tokenizer's output
-      (`input_ids`, `attention_mask`). Shorter prompts are padded on the left, so every completion
-      starts in the same column; the model sees the batch as its forward sees the returned batch.
-    - `temperature`: the logits are divided by it (0 picks the most likely token, greedy); `top_k`
-      keeps the k most likely tokens. Each sequence stops after it draws `eos_token_id`.
-    - `generator`: a `torch.Generator` for reproducible draws (the same seed gives the same samples).
-    - `pad_token_id`: the token written after a sequence stopped and before short prompts (default
-      `eos_token_id`, else 0); masked out everywhere.
+    `model`'s `forward(input_ids, attention_mask)` returns logits `(B, T, V)`, a Hugging Face output
+    with `.logits` (its KV cache is then used) or `LinearLogits` (a `FusedHead`). `prompts` are read
+    by `prompt_tokens` and left-padded, so every completion starts in the same column. The logits are
+    divided by `temperature` (0: greedy) and `top_k` keeps the k most likely; a sequence stops after
+    drawing `eos_token_id`; `generator` makes the draws reproducible; `pad_token_id` (default
+    `eos_token_id`, else 0) fills what is masked out. Runs under `eval_mode`.
 
-    Runs under no_grad in eval mode, then puts back each module's mode. Returns, with
-    `B = len(prompts) * group_size` rows (prompt i's group is rows `i*group_size ... i*group_size +
-    group_size - 1`) and `T` the longest prompt plus the tokens drawn:
+    Returns, with `B = len(prompts) * group_size` rows (prompt i's group consecutive from row
+    `i*group_size`) and `T` the longest prompt plus the tokens drawn:
 
     - `input_ids` `(B, T)`, `attention_mask` `(B, T)` (0 on padding);
     - `target_tokens` `(B, T)`: at position t the drawn token at t+1 (the position whose logits
@@ -149,10 +128,9 @@ def sample(model: nn.Module, prompts: Prompts, max_new_tokens: int, temperature:
     [False, False, True, True, True, True, False]
     """
     rows = prompt_tokens(prompts)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
-    if not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be a whole number >= 1, got {group_size!r}")
+    for name, value in (("max_new_tokens", max_new_tokens), ("group_size", group_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
     if temperature < 0 or (top_k is not None and top_k < 1):
         raise ValueError(f"expected temperature >= 0 and top_k None or >= 1, got temperature={temperature}, "
                          f"top_k={top_k}")
@@ -162,10 +140,11 @@ def sample(model: nn.Module, prompts: Prompts, max_new_tokens: int, temperature:
     grouped = [r for r in rows for _ in range(group_size)]
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in grouped], device=device)
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in grouped], device=device)
-    B = ids.shape[0]
     names = model_inputs(model)
-    cache = _cache_argument(names)
-    live = torch.ones(B, dtype=torch.bool, device=device)  # rows that have not drawn eos yet
+    # Hugging Face causal LMs take and return their KV cache, as `cache` (transformers 5) or
+    # `past_key_values` (earlier); other models are run on the whole sequence every step.
+    cache = next((n for n in ("cache", "past_key_values") if n in names), None) if "use_cache" in names else None
+    live = torch.ones(ids.shape[0], dtype=torch.bool, device=device)  # rows that have not drawn eos yet
     drawn, drawn_lp, drawn_live, past = [], [], [], None
     with eval_mode(model):
         for _ in range(max_new_tokens):
@@ -175,7 +154,7 @@ def sample(model: nn.Module, prompts: Prompts, max_new_tokens: int, temperature:
                 past = out[cache]
             else:
                 out = model_call(model, {"input_ids": ids, "attention_mask": mask}, 1, names)
-            token, lp = _draw(_last_logits(out), temperature, top_k, generator)
+            token, lp = _draw(out, temperature, top_k, generator)
             token = torch.where(live, token, torch.full_like(token, pad))
             drawn.append(token), drawn_lp.append(torch.where(live, lp, torch.zeros_like(lp))), drawn_live.append(live)
             ids, mask = torch.cat([ids, token[:, None]], 1), torch.cat([mask, live[:, None].to(mask.dtype)], 1)
@@ -183,12 +162,11 @@ def sample(model: nn.Module, prompts: Prompts, max_new_tokens: int, temperature:
                 live = live & (token != eos_token_id)
             if not live.any():
                 break
-    n = len(drawn)
-    counted = torch.stack(drawn_live, 1)
+    cols = slice(width - 1, width - 1 + len(drawn))
     target_tokens = torch.full_like(ids, IGNORE_INDEX)
-    target_tokens[:, width - 1:width - 1 + n] = torch.where(counted, torch.stack(drawn, 1), IGNORE_INDEX)
+    target_tokens[:, cols] = torch.where(torch.stack(drawn_live, 1), torch.stack(drawn, 1), IGNORE_INDEX)
     logprobs = torch.zeros(ids.shape, dtype=drawn_lp[0].dtype, device=device)
-    logprobs[:, width - 1:width - 1 + n] = torch.stack(drawn_lp, 1)
+    logprobs[:, cols] = torch.stack(drawn_lp, 1)
     prompt_index = torch.arange(len(rows), device=device).repeat_interleave(group_size)
     return {"input_ids": ids, "attention_mask": mask, "target_tokens": target_tokens, "logprobs": logprobs,
             "prompt_index": prompt_index}
@@ -206,11 +184,10 @@ def model_logprobs(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch
     True
     """
     device = next(model.parameters()).device
-    names = model_inputs(model)
     inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask") if k in batch}
     targets = batch["target_tokens"].to(device)
     with eval_mode(model):
-        lp = token_logprobs(_logits(model_call(model, inputs, 1, names)), targets)
+        lp = token_logprobs(_logits(model_call(model, inputs, 1, model_inputs(model))), targets)
     return torch.where(targets != IGNORE_INDEX, lp, torch.zeros_like(lp))
 
 
@@ -221,8 +198,5 @@ def completion_tokens(batch: Mapping[str, torch.Tensor], eos_token_id: int | Non
     >>> completion_tokens({"target_tokens": torch.tensor([[-100, 7, 2, -100], [-100, 8, -100, -100]])}, eos_token_id=2)
     [[7], [8]]
     """
-    out = []
-    for row in batch["target_tokens"]:
-        tokens = row[row != IGNORE_INDEX].tolist()
-        out.append(tokens[:-1] if eos_token_id is not None and tokens and tokens[-1] == eos_token_id else tokens)
-    return out
+    rows = [row[row != IGNORE_INDEX].tolist() for row in batch["target_tokens"]]
+    return [t[:-1] if eos_token_id is not None and t and t[-1] == eos_token_id else t for t in rows]
