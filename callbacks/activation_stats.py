@@ -1,5 +1,5 @@
-"""ActivationStatsCB: how each layer's outputs are distributed during training, batch by batch (the
-activation statistics of fast.ai's course, written afresh), and the plots that read them."""
+"""ActivationStatsCB: how each layer's outputs are distributed during training, batch by batch (fast.ai's
+activation statistics), and the plots that read them."""
 
 import torch
 from torch import nn
@@ -12,16 +12,13 @@ __all__ = ["ActivationStatsCB"]
 
 
 class ActivationStatsCB(Callback):
-    """Record, for each of `modules` and each training batch, the mean and standard deviation of the
-    module's output and a histogram of its absolute values (`bins` bins over `[0, hist_max]`).
+    """Record, for each of `modules` (default: the model's children) and each training batch, the mean
+    and standard deviation of the module's output and a histogram of its absolute values (`bins` bins
+    over `[0, hist_max]`). The hooks live for the fit only. Reading the statistics waits for the device
+    every batch: this is a callback for looking, not for long runs.
 
-    `modules`: the modules to watch; by default the children of the model (for an `nn.Sequential`,
-    each layer). Forward hooks (`minilearn.hooks.Hooks`) are added when the fit starts and removed when
-    it ends, also when it raises. Validation batches are not recorded. Reading the statistics waits
-    for the device every batch: this is a callback for looking, not for long runs.
-
-    After the fit: `means`, `stds` (`(modules, batches)` tensors), `hists` (`(modules, batches, bins)`),
-    and the plots `plot_stats()`, `color_dim()` and `dead_chart()`.
+    After the fit: `means`, `stds` (`(modules, batches)`), `hists` (`(modules, batches, bins)`), and
+    the plots `plot_stats()`, `color_dim()` and `dead_chart()`.
     """
 
     order = Order.ACTIVATION_STATS
@@ -36,8 +33,7 @@ class ActivationStatsCB(Callback):
         if not modules:
             raise ValueError(f"ActivationStatsCB has no modules to watch: {type(learn.unwrapped_model).__name__} has no "
                              f"children; pass ActivationStatsCB(modules=[...])")
-        self._stats = [[] for _ in modules]
-        self._recording = False
+        self._stats, self._recording = [[] for _ in modules], False
         self.hooks = Hooks(modules, self._record).__enter__()
 
     def _record(self, i: int, module: nn.Module, inputs: tuple, output) -> None:
@@ -79,7 +75,7 @@ class ActivationStatsCB(Callback):
 
     def plot_stats(self):
         """The mean and the standard deviation of each module's output, batch by batch. Returns the figure
-        (its layout leaves room for a `fig.suptitle`; the legend sits outside the axes)."""
+        (with room for a `fig.suptitle`)."""
         import matplotlib.pyplot as plt
         fig, (ax_mean, ax_std) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
         for i, (m, s) in enumerate(zip(self.means, self.stds)):
@@ -91,8 +87,8 @@ class ActivationStatsCB(Callback):
         return fig
 
     def color_dim(self):
-        """Each module's histograms as an image: batches left to right, |output| upwards, log counts
-        as colour. A healthy layer keeps its mass spread out; a collapsing one turns dark above the floor."""
+        """Each module's histograms as an image: batches left to right, |output| upwards, log counts as
+        colour (a collapsing layer turns dark above the floor). Returns the figure."""
         import matplotlib.pyplot as plt
         h = self.hists
         fig, axes = plt.subplots(1, len(h), figsize=(3 * len(h), 3), squeeze=False, layout="constrained")

@@ -13,16 +13,10 @@ __all__ = ["CSVLoggerCB"]
 
 
 class CSVLoggerCB(Callback):
-    """Write the row `MetricsCB` leaves on `learn.epoch_metrics` after each training and validation
-    pass to `path`: `epoch`, `phase`, every metric of the progress table, and `time` (the pass's
-    seconds). Each row is flushed as it is written, so the file is up to date while the fit runs and
-    after it is killed.
-
-    A new fit starts the file afresh, unless `append=True`. A fit resumed from a checkpoint
-    (`fit(resume=...)`) keeps the rows of the epochs before the one it resumes at and goes on after
-    them, so the file reads as that of a fit never interrupted (but for the row of a pass resumed in
-    its middle, which `MetricsCB` averages over the batches after the resume only). Only the main
-    process writes.
+    """Write the row `MetricsCB` leaves on `learn.epoch_metrics` after each pass to `path`: `epoch`,
+    `phase`, every metric, and `time` (the pass's seconds), flushed row by row. Only the main process
+    writes. A new fit starts the file afresh, unless `append=True`; a fit resumed from a checkpoint
+    keeps the rows of the epochs before the one it resumes at, so the file reads as uninterrupted.
 
     >>> import tempfile
     >>> cb = CSVLoggerCB(Path(tempfile.mkdtemp()) / "history.csv")
@@ -40,15 +34,6 @@ class CSVLoggerCB(Callback):
         self._columns: list[str] | None = None
         self._opened = False
 
-    def _open(self, first_epoch: int) -> None:
-        # At the end of the fit's first pass, when the epoch it starts at is known (a resumed fit's).
-        kept = self._kept_rows(first_epoch) if self.path.exists() else ([], [])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "w", newline="")
-        if kept[0]:
-            self._columns = kept[0]
-            csv.writer(self._file).writerows([kept[0], *kept[1]])
-
     def _kept_rows(self, first_epoch: int) -> tuple[list[str], list[list[str]]]:
         # The header and the rows to keep: all of them when appending, else those of the epochs before
         # the one a resumed fit starts at (the later ones were written after its checkpoint).
@@ -58,8 +43,7 @@ class CSVLoggerCB(Callback):
             return [], []
         header, body = rows[0], rows[1:]
         if not self.append:
-            epoch = header.index("epoch") if "epoch" in header else None
-            body = [r for r in body if epoch is not None and int(r[epoch]) < first_epoch]
+            body = [r for r in body if "epoch" in header and int(r[header.index("epoch")]) < first_epoch]
         return (header, body) if body or self.append else ([], [])  # nothing kept: a fresh file, new columns
 
     def before_epoch(self, learn):
@@ -68,9 +52,14 @@ class CSVLoggerCB(Callback):
     def after_epoch(self, learn):
         if not learn.is_main_process:
             return
-        if not self._opened:
+        if not self._opened:  # at the end of the first pass, when the epoch a resumed fit starts at is known
             self._opened = True
-            self._open(learn.epoch)
+            header, body = self._kept_rows(learn.epoch) if self.path.exists() else ([], [])
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "w", newline="")
+            if header:
+                self._columns = header
+                csv.writer(self._file).writerows([header, *body])
         if learn.epoch_metrics is None:
             raise ValueError("CSVLoggerCB writes the row MetricsCB makes at the end of each pass, and there is none: "
                              "add MetricsCB() to the learner's callbacks")

@@ -15,22 +15,18 @@ __all__ = ["MetricsCB"]
 
 
 class MetricsCB(Callback):
-    """Per training and validation pass: the loss over the whole pass, and the average (weighted by
-    the rows of each batch) of every metric the loss returned and of each metric passed by name.
+    """Per training and validation pass: the loss over the whole pass, and the row-weighted average
+    of every metric the loss returned and of each metric passed by name.
 
-    The loss of a pass does not depend on how the pass was cut into batches, micro-batches or
-    processes: a loss that carries its normalisation parts (the plug-in losses, `NormalizedLoss`)
-    counts as its summed totals over its summed denominators; a sum-reduced loss
-    (`WeightedCrossEntropy(reduction="sum")`, `PolicyGradientLoss`) as its sum per row; any other
-    loss as its mean weighted by rows. Under several processes (`learn.pass_is_sharded`) the sums
-    are added up across processes at the end of the pass, so every number is the whole pass's.
+    The pass's loss does not depend on how it was cut into batches or processes: a loss with
+    normalisation parts counts as summed totals over summed denominators, a sum-reduced loss as its
+    sum per row, any other as its row-weighted mean. Under several processes (`learn.pass_is_sharded`)
+    the sums are added up across processes at the end of the pass.
 
-    A metric is called like a loss, `metric(preds, *inputs)`, with inputs named by its parameters,
-    and returns a number or a 0-dim tensor (the batch mean). Sums stay on the device during the
-    pass and are read once at its end, so the batch loop never waits for the GPU.
-
-    After each pass the row `{'epoch': 0, 'phase': 'train', 'loss': ..., ...}` is appended to
-    `history` and stored on `learn.epoch_metrics`, where ProgressCB and other callbacks read it.
+    A metric is called like a loss, `metric(preds, *inputs)`, and returns a number or a 0-dim tensor
+    (the batch mean). Sums stay on the device until the pass ends, so the batch loop never waits.
+    Each pass's row `{'epoch': 0, 'phase': 'train', 'loss': ..., ...}` goes to `history` and
+    `learn.epoch_metrics`.
 
     >>> def accuracy(preds, target): return (preds.argmax(-1) == target).float().mean()
     >>> cb = MetricsCB(accuracy=accuracy)
@@ -65,20 +61,15 @@ class MetricsCB(Callback):
         else:
             self.sums[name] = self.sums.get(name, 0.0) + float(value) * weight
 
-    def _add_loss(self, learn, rows: int) -> None:
-        parts, loss = learn.loss_parts, learn.loss
-        kind = loss_kind(loss, parts, self._loss_kind)
-        self._loss_kind = kind
-        if kind == "ratio":
+    def after_loss(self, learn):
+        rows, parts = batch_size(learn.batch), learn.loss_parts
+        self.rows += rows
+        self._loss_kind = loss_kind(learn.loss, parts, self._loss_kind)
+        if self._loss_kind == "ratio":
             self._add(_TOTAL, parts.total, 1)
             self._add(_DENOMINATOR, parts.denominator, 1)
         else:
-            self._add("loss", loss, 1 if kind == "sum" else rows)
-
-    def after_loss(self, learn):
-        rows = batch_size(learn.batch)
-        self.rows += rows
-        self._add_loss(learn, rows)
+            self._add("loss", learn.loss, 1 if self._loss_kind == "sum" else rows)
         for name, value in learn.loss_metrics.items():
             self._add(name, value, rows)
         if self.metrics:
@@ -87,20 +78,17 @@ class MetricsCB(Callback):
                     value = loss_call(fn, learn.preds, learn.batch, learn.n_inp, self._sigs[name], "metric")
                     self._add(name, value, rows)
 
-    def _pass_sums(self, learn) -> dict[str, float]:
-        # One tensor, summed across processes when each held a share of the pass, read in one go.
-        names = sorted(self.sums)
-        device = next((v.device for v in self.sums.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
-        values = torch.stack([torch.as_tensor(self.sums[k], dtype=torch.float32, device=device).reshape(())
-                              for k in names] + [torch.tensor(float(self.rows), device=device)])
-        if learn.pass_is_sharded:
-            values = sum_across_processes(values)
-        return dict(zip([*names, _ROWS], values.tolist()))
-
     def after_epoch(self, learn):
         row = {"epoch": learn.epoch, "phase": "train" if learn.training else "valid"}
         if self.rows:
-            sums = self._pass_sums(learn)
+            # One tensor, summed across processes when each held a share of the pass, read in one go.
+            names = sorted(self.sums)
+            device = next((v.device for v in self.sums.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
+            values = torch.stack([torch.as_tensor(self.sums[k], dtype=torch.float32, device=device).reshape(())
+                                  for k in names] + [torch.tensor(float(self.rows), device=device)])
+            if learn.pass_is_sharded:
+                values = sum_across_processes(values)
+            sums = dict(zip([*names, _ROWS], values.tolist()))
             rows = sums.pop(_ROWS)
             if self._loss_kind == "ratio":
                 total, denominator = sums.pop(_TOTAL), sums.pop(_DENOMINATOR)

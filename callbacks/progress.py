@@ -13,18 +13,12 @@ __all__ = ["ProgressCB"]
 
 
 class ProgressCB(Callback):
-    """Show a bar over epochs, a bar over the batches of each epoch, and a table: by default one row
-    per epoch phase (the row MetricsCB leaves on `learn.epoch_metrics`, plus the time taken), or with
-    `rows="epoch"` fastai's one row per epoch, `epoch train_loss valid_loss <metrics> time` (the
-    metrics of the validation pass; without one, `epoch train_loss time`).
+    """Show a bar over epochs, a bar over each epoch's batches, and a table: by default a row per
+    epoch phase (`learn.epoch_metrics`, from MetricsCB, plus the time), or with `rows="epoch"`
+    fastai's row per epoch, `epoch train_loss valid_loss <metrics> time`.
 
-    Bars are drawn in a notebook and in a terminal. When the output is neither (piped to a log
-    file, in CI) only the table is printed, one line per epoch phase: a bar redraws itself with
-    `\\r`, which a file would keep as thousands of lines.
-
-    With `plot=True` it also draws the training loss per batch and the validation loss per epoch,
-    live, in a notebook (elsewhere there is nowhere to draw it).
-
+    Bars are drawn only in a notebook or a terminal: in a log file their `\\r` redraws would be
+    thousands of lines. `plot=True` draws the training and validation losses live in a notebook.
     A trial fit (`learn.trial_fit`, lr_find's) gets only the batch bar, which leaves nothing behind.
     """
 
@@ -52,7 +46,7 @@ class ProgressCB(Callback):
         self.columns: list[str] | None = None
         self.widths: list[int] = []
         self.train_losses: list[float] = []
-        self.valid_losses: list[tuple[int, float]] = []
+        self.valid_losses: list[tuple[int, float]] = []  # (batches seen, loss)
 
     def before_epoch(self, learn):
         if not self.active:
@@ -80,15 +74,21 @@ class ProgressCB(Callback):
             return
         row = dict(learn.epoch_metrics or {"epoch": learn.epoch, "phase": "train" if learn.training else "valid"})
         if self.live_plot and not learn.training and "loss" in row:
-            self._draw_plot(row["loss"])
+            self.valid_losses.append((len(self.train_losses), row["loss"]))
+            self.mbar.names = ["train loss (per batch)", "valid loss (per epoch)"]  # the legend
+            self.mbar.update_graph([[range(len(self.train_losses)), self.train_losses],
+                                    [[i for i, _ in self.valid_losses], [v for _, v in self.valid_losses]]])
+            ax = self.mbar.graph_ax  # fastprogress leaves the axes unlabelled and pins its legend top right
+            ax.lines[1].set_marker("o")  # a line of one point (after one epoch) draws nothing without it
+            ax.set(xlabel="training batches seen", ylabel="loss")
+            ax.legend(loc="best")
+            self.mbar.graph_out.update(ax.figure)
         if self.rows == "phase":
             self._write_row({**row, "time": _elapsed(self.start)})
             return
         self.epoch_row = self.epoch_row or {"epoch": row["epoch"]}
-        if learn.training:
-            self.epoch_row["train_loss"] = row.get("loss", "")
-        else:
-            self.epoch_row["valid_loss"] = row.get("loss", "")
+        self.epoch_row["train_loss" if learn.training else "valid_loss"] = row.get("loss", "")
+        if not learn.training:
             self.epoch_row.update((k, v) for k, v in row.items() if k not in ("epoch", "phase", "loss"))
 
     def _write_each_epoch_row(self, epochs):
@@ -105,23 +105,12 @@ class ProgressCB(Callback):
         if self.columns is None:
             self.columns = list(row)
             self._write(self.columns)
-        self._write([_fmt(row.get(c, "")) for c in self.columns])
-
-    def _draw_plot(self, valid_loss: float) -> None:
-        self.valid_losses.append((len(self.train_losses), valid_loss))
-        self.mbar.names = ["train loss (per batch)", "valid loss (per epoch)"]  # the legend
-        self.mbar.update_graph([[range(len(self.train_losses)), self.train_losses],
-                                [[i for i, _ in self.valid_losses], [v for _, v in self.valid_losses]]])
-        ax = self.mbar.graph_ax  # fastprogress leaves the axes unlabelled and pins its legend top right
-        ax.lines[1].set_marker("o")  # a line of one point (after one epoch) draws nothing without it
-        ax.set(xlabel="training batches seen", ylabel="loss")
-        ax.legend(loc="best")
-        self.mbar.graph_out.update(ax.figure)
+        cells = (row.get(c, "") for c in self.columns)
+        self._write([f"{v:.4f}" if isinstance(v, float) else str(v) for v in cells])
 
     def cleanup_epoch(self, learn):
-        # A pass that stopped early (lr_find, CancelEpochException, an error) leaves its bar half drawn
-        # and, in a terminal, the cursor at the end of it: end that line, so the next print starts on
-        # a new one (fastprogress only does this for a bar that reaches its end).
+        # A pass stopped early leaves its bar half drawn and the cursor after it: end that line, so the
+        # next print starts on a new one (fastprogress does so only for a bar that reaches its end).
         if self.active and self.pbar is not None and self.pbar.last_v is not None:
             if IN_NOTEBOOK or not self.table:  # a bar without a table (trial fit) erases itself
                 self.pbar.on_iter_end()
@@ -143,7 +132,3 @@ class ProgressCB(Callback):
 
 def _elapsed(start: float) -> str:
     return time.strftime("%M:%S", time.gmtime(time.monotonic() - start))
-
-
-def _fmt(v) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)

@@ -16,18 +16,14 @@ __all__ = ["TrackerCB"]
 
 
 class TrackerCB(Callback):
-    """Log to an experiment tracker: every `every` training batches `batch/loss` and `batch/lr` (the
-    step is the number of training batches since this callback was made, so fits follow each other on
-    one axis), and after each pass its row of the epoch table as `train/<name>` or `valid/<name>` at
-    step `epoch`. `MetricsCB` makes that row; without it only the batch values are logged.
+    """Log to an experiment tracker: every `every` training batches `batch/loss` and `batch/lr` (at
+    step = training batches since this callback was made, so fits share one axis), and after each
+    pass its `MetricsCB` row as `train/<name>` or `valid/<name>` at step `epoch`.
 
-    `log_with`: a name of `accelerate.tracking.LOGGER_TYPE_TO_CLASS` (`"tensorboard"`, `"wandb"`,
-    `"mlflow"`, `"aim"`, `"comet_ml"`, ...; the package must be installed) or a `GeneralTracker`
-    instance. TensorBoard writes to `logging_dir/run_name` (`run_name` defaults to the start time).
-
-    Only the main process logs. The tracker is closed when the fit ends, also when it raises. A
-    tracker that fails (a lost connection, a full disk) does not stop the fit: a warning names the
-    failure and the callback logs nothing more in that fit.
+    `log_with`: a name of `accelerate.tracking.LOGGER_TYPE_TO_CLASS` (its package installed) or a
+    `GeneralTracker`. File trackers write to `logging_dir/run_name` (`run_name` defaults to the start
+    time). Only the main process logs; the tracker is closed however the fit ends. A tracker that fails
+    does not stop the fit: a warning names the failure and nothing more is logged in that fit.
 
     >>> TrackerCB("no_such_tracker")
     Traceback (most recent call last):
@@ -49,13 +45,6 @@ class TrackerCB(Callback):
         self.tracker: GeneralTracker | None = None
         self.step = 0  # training batches seen, across fits
 
-    def _make_tracker(self) -> GeneralTracker:
-        if isinstance(self.log_with, GeneralTracker):
-            return self.log_with
-        cls = LOGGER_TYPE_TO_CLASS[self.log_with]
-        # Accelerate's own rule: a tracker that writes files takes a directory after the run's name.
-        return cls(self.run_name, self.logging_dir) if cls.requires_logging_directory else cls(self.run_name)
-
     def _safely(self, what: str, call: Callable[[], object]) -> None:
         try:
             call()
@@ -67,7 +56,11 @@ class TrackerCB(Callback):
     def before_fit(self, learn):
         self._live = learn.is_main_process
         if self._live:
-            self.tracker = self._make_tracker()
+            if isinstance(self.log_with, GeneralTracker):
+                self.tracker = self.log_with
+            else:  # Accelerate's rule: a tracker that writes files takes a directory after the run's name
+                cls = LOGGER_TYPE_TO_CLASS[self.log_with]
+                self.tracker = cls(self.run_name, *([self.logging_dir] if cls.requires_logging_directory else []))
             self._safely("start", self.tracker.start)
 
     def after_batch(self, learn):

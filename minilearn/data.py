@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["IGNORE_INDEX", "DataLoaders", "batches_in_pass", "to_device", "is_mapping", "is_per_row", "take_rows", "batch_size", "default_device",
-           "describe", "looks_padded"]
+__all__ = ["IGNORE_INDEX", "DataLoaders", "batches_in_pass", "to_device", "is_mapping", "is_per_row", "take_rows",
+           "batch_size", "default_device", "describe", "looks_padded"]
 
 # The target id of a position that predicts nothing (padding, a prompt): PyTorch's and Hugging Face's.
 IGNORE_INDEX = -100
@@ -24,9 +24,8 @@ def default_device() -> torch.device:
 
 
 class DataLoaders:
-    """A training and a validation iterable of batches.
-
-    Any object with `train` and `valid` iterables works as a Learner's `dls`; this is the simplest one.
+    """A training and a validation iterable of batches: the simplest Learner `dls` (any object with
+    `train` and `valid` iterables works).
 
     >>> dls = DataLoaders([(torch.zeros(2, 3), torch.zeros(2))], [])
     >>> len(dls.train), len(dls.valid)
@@ -87,9 +86,8 @@ def is_mapping(batch: Any) -> bool:
 
 
 def is_per_row(value: Any, n_rows: int) -> bool:
-    """Whether `value` holds one entry per row of a batch of `n_rows` rows (sequences, samples): a
-    tensor whose first dimension is `n_rows`. What is not (a scalar, a vocabulary-wide table) belongs
-    to the whole batch, and goes whole to every part of it.
+    """Whether `value` is a tensor with one entry per row of a batch of `n_rows` rows (first dim
+    `n_rows`); what is not (a scalar, a vocabulary-wide table) belongs to the whole batch.
 
     >>> is_per_row(torch.zeros(4, 7), 4), is_per_row(torch.tensor(2.0), 4), is_per_row(torch.zeros(10), 4)
     (True, False, False)
@@ -125,8 +123,7 @@ def batch_size(batch: Any) -> int:
 
 
 def describe(x: Any) -> str:
-    """A short description of a nested batch or model output, tensors shown as dtype and shape, for
-    error messages.
+    """A short description of a nested batch or model output for error messages (tensors: dtype, shape).
 
     >>> describe((torch.zeros(4, 3), {"ids": torch.zeros(4, dtype=torch.long)}, 7))
     '(float32 (4, 3), {ids: int64 (4,)}, int)'
@@ -146,14 +143,11 @@ def describe(x: Any) -> str:
 def looks_padded(input_ids: Any) -> tuple[str, int] | None:
     """`(side, token)` when the rows of `input_ids` `(B, T)` look padded with `token` on `side`
     (`"right"` or `"left"`), else None: for a batch with no `attention_mask`, where padding would pass
-    for text (`TrainCB` warns on the first batch of a fit).
+    for text.
 
-    Right padding shows as a token that occurs only in runs at the ends of rows (never inside one), in
-    runs of different lengths, at least `max(2, B / 4)` of them of length 2 or more (the longest rows
-    of a batch padded to its longest have none). Left padding is the same at the starts. Rows of text
-    or of random tokens practically never look like that (a run of two ends a row of random tokens
-    with probability 1/vocab, and the token must then be absent from every other position), so
-    unpadded rows of one length pass; padding of a single row, or by one token, goes unseen.
+    Right padding: a token found only in runs at the ends of rows, of different lengths, at least
+    `max(2, B / 4)` of them of length 2 or more (left padding: the same at the starts). Text or random
+    tokens practically never look like that; padding of a single row, or by one token, goes unseen.
 
     >>> looks_padded(torch.tensor([[5, 6, 0, 0], [7, 8, 0, 0], [7, 8, 9, 1]]))
     ('right', 0)
@@ -176,8 +170,8 @@ def looks_padded(input_ids: Any) -> tuple[str, int] | None:
 
 def batches_in_pass(loader: Any, needed_by: str) -> int | None:
     """The number of batches of a pass over `loader`, for `needed_by` (a callback whose last accumulation
-    window must end with the pass); None for a `DataLoader` without a length (Accelerate's prepared loader
-    then says when its last batch comes); any other loader without `len()` is refused."""
+    window must end with the pass); None for a `DataLoader` without a length (Accelerate's prepared
+    loader then marks its last batch); any other loader without `len()` is refused."""
     try:
         return len(loader)
     except TypeError:

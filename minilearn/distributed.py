@@ -1,9 +1,5 @@
-"""Several processes: how many there are, gathering values of different lengths from every one (pad,
-gather, unpad) under one padding table, and Accelerate's process-wide state.
-
-Each process holds its share of a batch, in the order of the processes' ranks. In one process (no
-`torch.distributed` group, or a group of one) every gathering function here returns its input.
-"""
+"""Several processes: how many, gathering values of different lengths from each (pad, gather, unpad),
+and Accelerate's process-wide state. In one process every gathering function returns its input."""
 
 import atexit
 import functools
@@ -23,18 +19,13 @@ __all__ = ["world_size", "rank", "launched_processes", "trains_alone", "sum_acro
            "all_gather_padded", "gather_sequences", "gather_batch", "gather_objects", "barrier", "is_main_process",
            "cat_padded", "PADDING", "pad_value", "reset_accelerate_state", "shut_down_process_group_at_exit"]
 
-# How a batch's tensors are padded where sequences of different lengths are joined (across batches or
-# processes): targets with IGNORE_INDEX (nothing is predicted there), anything else with 0: masks, weights,
-# and `input_ids` (a reference model may run on them, so they stay token ids; the attention_mask marks them).
+# Padding where sequences of different lengths are joined: targets with IGNORE_INDEX (nothing is predicted
+# there), anything else with 0 (`input_ids` stay token ids a reference model may run on; the mask marks them).
 PADDING: dict[str, int] = {"target_tokens": IGNORE_INDEX, "labels": IGNORE_INDEX}
-
-# How long, at exit, the process group's worker threads get to finish releasing their last collective.
-_EXIT_GRACE_SECONDS = 0.25
 
 
 def pad_value(key: str | None, t: torch.Tensor, padding: dict[str, float] = PADDING) -> float:
-    """What pads `t`, the batch item `key` (None for an item of a tuple batch, where an integer tensor is a
-    target), when sequences of different lengths are joined.
+    """What pads `t`, the batch item `key` (None in a tuple batch, where an integer tensor is a target).
 
     >>> pad_value("target_tokens", torch.zeros(2, dtype=torch.long)), pad_value(None, torch.zeros(2, dtype=torch.long))
     (-100, -100)
@@ -61,17 +52,14 @@ def launched_processes() -> int:
 
 def trains_alone() -> bool:
     """True in a process that trains alone: not started as one of several, and in no process group."""
-    return launched_processes() == 1 and world_size() == 1 and not (dist.is_available() and dist.is_initialized())
+    return launched_processes() == 1 and not (dist.is_available() and dist.is_initialized())
 
 
 def reset_accelerate_state(keep_process_setup: bool = False) -> None:
-    """Forget Accelerate's process-wide settings (its `AcceleratorState` and `GradientState` singletons, and
-    unless `keep_process_setup` its `PartialState`) in a process that trains alone.
-
-    `AccelerateCB` does it (keeping the process setup) when it is built in one process, so that each callback
-    starts afresh. Call it before `accelerate.notebook_launcher(train, num_processes=2)` in a notebook that
-    has already trained with Accelerate: the launcher refuses to start processes once an `Accelerator` exists.
-    """
+    """Forget Accelerate's process-wide singletons (`AcceleratorState`, `GradientState`, and unless
+    `keep_process_setup` `PartialState`) in a process that trains alone. Call it before
+    `accelerate.notebook_launcher` in a notebook that has trained with Accelerate: the launcher refuses
+    to start processes once an `Accelerator` exists."""
     if not trains_alone():
         raise RuntimeError("reset_accelerate_state is for a process that trains alone; this one is one of several, "
                            "whose state Accelerate still needs")
@@ -81,35 +69,27 @@ def reset_accelerate_state(keep_process_setup: bool = False) -> None:
 
 @functools.cache  # once per process
 def shut_down_process_group_at_exit() -> None:
-    """Shut the process group down at exit, once its worker threads have let go of their last tensors.
-
-    A gloo collective's tensors are released by one of the group's worker threads after the collective has
-    completed, which takes the GIL. A worker that gets there only once the interpreter has begun to
-    finalize is stopped inside a C++ destructor, which aborts the process (SIGABRT) at the very end of a
-    run that went well. So at exit, while Python still runs threads: sleep (handing the GIL over), then
-    shut the group down as Accelerate's `end_training` does. (Not at the end of a fit: the next fit needs it.)
-    """
+    """Shut the process group down at exit (not after a fit: the next fit needs it), once its worker
+    threads have let go of their last tensors: a gloo worker that does so only while the interpreter
+    finalizes aborts the process (SIGABRT) at the end of a run that went well."""
     def shut_down():
-        time.sleep(_EXIT_GRACE_SECONDS)
+        time.sleep(0.25)  # time for the worker threads to release their last collective
         PartialState().destroy_process_group()
     atexit.register(shut_down)
 
 
 def is_main_process() -> bool:
-    """False only in a process that is one of several and not the first: rank 0 of the process group,
-    or, before a group exists, the `RANK` a launcher (torchrun, `accelerate launch`) gave it.
+    """Whether this is rank 0 of the process group or, before a group exists, of the launcher's `RANK`.
 
     >>> is_main_process()
     True
     """
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return int(os.environ.get("RANK", "0")) == 0
+    return (dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))) == 0
 
 
 def gather_objects(obj: Any) -> list:
-    """`obj` of every process, in rank order (`[obj]` in one process). For small values of plain data
-    (a checkpoint's per-process random states), sent pickled between the processes of this run.
+    """`obj` of every process, in rank order (`[obj]` in one process), sent pickled: for small values
+    of plain data (a checkpoint's per-process random states).
 
     >>> gather_objects({"a": 1})
     [{'a': 1}]
@@ -147,8 +127,7 @@ def _pad_to(t: torch.Tensor, shape: tuple[int, ...], value: float) -> torch.Tens
 
 
 def cat_padded(parts: list[torch.Tensor], pad_value: float = 0) -> torch.Tensor:
-    """`parts` joined along their first dimension, every other dimension padded on the right with
-    `pad_value` to the largest among them.
+    """`parts` joined along dim 0, every other dim padded on the right with `pad_value` to the largest.
 
     >>> cat_padded([torch.ones(1, 2), torch.ones(1, 3)])
     tensor([[1., 1., 0.],
@@ -167,9 +146,8 @@ def _shapes(t: torch.Tensor) -> list[tuple[int, ...]]:
 
 
 def pad_across_processes(t: torch.Tensor, pad_value: float = 0) -> torch.Tensor:
-    """`t` padded on the right, in every dimension after the first, to the largest size it has on any
-    process (sequences of different lengths), so that the processes' tensors can be gathered along
-    the first. Every process must call it, with tensors of as many dimensions.
+    """`t` padded on the right, in every dim after the first, to its largest size on any process, so
+    that the processes' tensors can be gathered along dim 0. Every process must call it (same ndim).
 
     >>> pad_across_processes(torch.ones(2, 3)).shape  # one process: its own tensor
     torch.Size([2, 3])
@@ -181,8 +159,8 @@ def pad_across_processes(t: torch.Tensor, pad_value: float = 0) -> torch.Tensor:
 
 
 def all_gather_padded(t: torch.Tensor, pad_value: float = 0) -> list[torch.Tensor]:
-    """Every process's `t`, in rank order, each with its own shape (they may differ in every
-    dimension, not in the number of dimensions). Not differentiable.
+    """Every process's `t`, in rank order, each with its own shape (any dims may differ, not ndim).
+    Not differentiable.
 
     >>> all_gather_padded(torch.ones(2, 3))[0].shape  # one process: its own tensor
     torch.Size([2, 3])
@@ -199,17 +177,15 @@ def all_gather_padded(t: torch.Tensor, pad_value: float = 0) -> list[torch.Tenso
 def gather_sequences(seqs: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]:
     """The sequences of every process, in rank order, and the index of this process's first one.
 
-    `seqs`: tensors `(T_i, ...)` of one dtype, `T_i` varying. The entries that come from this
-    process are `seqs` themselves (their autograd graph kept); the others are detached copies.
-    An empty `seqs` is not allowed when several processes train (its dtype would be unknown).
+    `seqs`: tensors `(T_i, ...)` of one dtype. This process's entries are `seqs` themselves (graph
+    kept), the others detached copies. Under several processes `seqs` must not be empty.
     """
     if world_size() == 1:
         return list(seqs), 0
     if not seqs:
         raise ValueError(f"process {rank()} has no sequences to gather; every process needs at least one")
-    lengths = torch.tensor([s.shape[0] for s in seqs], device=seqs[0].device)
-    flat = torch.cat([s.detach() for s in seqs])
-    all_lengths, all_flat = all_gather_padded(lengths), all_gather_padded(flat)
+    all_lengths = all_gather_padded(torch.tensor([s.shape[0] for s in seqs], device=seqs[0].device))
+    all_flat = all_gather_padded(torch.cat([s.detach() for s in seqs]))
     gathered = [part for n, f in zip(all_lengths, all_flat) for part in torch.split(f, n.tolist())]
     start = sum(len(n) for n in all_lengths[:rank()])
     gathered[start:start + len(seqs)] = seqs
@@ -217,18 +193,15 @@ def gather_sequences(seqs: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]
 
 
 def gather_batch(batch: Mapping, n: int, padding: Mapping[str, float] = PADDING) -> dict[str, Any]:
-    """The global batch: every tensor of `batch` whose first dimension is the `n` local sequences is
-    joined with the other processes' along that dimension, in rank order, its other dimensions
-    padded on the right to the largest (`padding`). Lists of `n` per-sequence
-    tensors are gathered with `gather_sequences`. Anything else is this process's value.
-    """
+    """The global batch: each tensor of `batch` with `n` rows (the local sequences) joined with the
+    other processes' in rank order, other dims padded on the right (`padding`); lists of `n` tensors
+    go through `gather_sequences`; anything else is this process's value."""
     if world_size() == 1:
         return dict(batch)
     out = {}
     for key, value in batch.items():
         if is_per_row(value, n):
-            parts = all_gather_padded(value, padding.get(key, 0))
-            out[key] = cat_padded(parts, padding.get(key, 0))
+            out[key] = cat_padded(all_gather_padded(value, padding.get(key, 0)), padding.get(key, 0))
         elif isinstance(value, list) and len(value) == n and all(isinstance(v, torch.Tensor) for v in value):
             out[key] = gather_sequences(value)[0]
         else:

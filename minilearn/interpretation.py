@@ -75,15 +75,14 @@ class ClassificationInterpretation:
         return fig
 
     def plot_top_losses(self, k: int = 9, show: ShowFn | None = None):
-        """The `k` items with the largest loss, each captioned `predicted/actual`, then its loss and the
-        probability given to the prediction, through `show(xs, captions)` (default `show_items`).
-        Returns what `show` returns."""
+        """The `k` items with the largest loss, captioned `predicted/actual` then `loss / probability of
+        the prediction`, drawn by `show(xs, captions)` (default `show_items`); returns what it returns."""
         values, idx = self.losses.topk(min(k, len(self.losses)))
         probs = self.preds[idx].float().softmax(-1)
         captions = [f"{caption(p, self.vocab)}/{caption(t, self.vocab)}\n{loss:.2f} / {prob:.2f}"
                     for p, t, loss, prob in zip(self.decoded[idx], self.targets[idx], values.tolist(),
                                                 probs.max(-1).values.tolist())]
-        inputs = self.inputs
-        items = (tuple(x[idx] for x in inputs) if isinstance(inputs, tuple) else
-                 {k: v[idx] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[idx])
+        x = self.inputs
+        items = (tuple(v[idx] for v in x) if isinstance(x, tuple) else
+                 {key: v[idx] for key, v in x.items()} if isinstance(x, dict) else x[idx])
         return (show or show_items)(items, captions)

@@ -1,6 +1,5 @@
-"""The learning-rate range test behind `Learner.lr_find`: `LRFinderCB`, `lr_find`, and fastai's four
-ways of reading one learning rate off its curve (`steep`, `valley`, `slide`, `minimum`), which give
-fastai's numbers on the same curve (tests/test_lr_find.py checks them against fastai's own)."""
+"""The learning-rate range test behind `Learner.lr_find`, and fastai's four rules for reading a
+learning rate off its curve (`steep`, `valley`, `slide`, `minimum`), matching fastai's numbers."""
 
 import copy
 import math
@@ -29,8 +28,7 @@ def steep(lrs: Sequence[float], losses: Sequence[float]) -> float:
 
 def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
     """fastai's default: about halfway along the longest valley, the longest run of points (in lr
-    order, not necessarily adjacent) each lower than the one before, taken as the `n` points that end
-    where that run ends.
+    order, not necessarily adjacent) each lower than the one before.
 
     >>> valley([1, 2, 3, 4, 5, 6, 7], [5.0, 4.0, 6.0, 3.0, 2.0, 1.0, 9.0])  # 5, 4, 3, 2, 1: 5 points ending at index 5
     2
@@ -71,9 +69,8 @@ def minimum(lrs: Sequence[float], losses: Sequence[float]) -> float:
 
 
 class SuggestedLRs(NamedTuple):
-    """What `learn.lr_find()` returns: the learning rate each of fastai's rules reads off the curve,
-    like fastai's `SuggestedLRs`. `steep` comes first: it is the one that trained best on the curves
-    measured in tests/bench/lr_find_suggestions.py, where fastai's default `valley` was often far too low.
+    """What `learn.lr_find()` returns: the learning rate each rule reads off the curve. `steep` comes
+    first: it trained best in tests/bench/lr_find_suggestions.py, where fastai's `valley` was often too low.
 
     >>> SuggestedLRs(steep=0.0182, valley=1.2e-4, slide=3e-3, minimum=0.03)
     SuggestedLRs(steep=1.82e-02, valley=1.20e-04, slide=3.00e-03, minimum=3.00e-02)
@@ -88,18 +85,11 @@ class SuggestedLRs(NamedTuple):
         return "SuggestedLRs(" + ", ".join(f"{name}={lr:.2e}" for name, lr in self._asdict().items()) + ")"
 
 
-_RULES = {"steep": steep, "valley": valley, "slide": slide, "minimum": minimum}
-# A backend that only draws into a file or a buffer has no window to show a plot in.
-_NON_INTERACTIVE_BACKENDS = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
-
-
 class LRFinderCB(Callback):
     """Raise the learning rate exponentially from `start_lr` to `end_lr` over `num_it` training
-    batches, recording the loss, and stop early once the smoothed loss exceeds `stop_factor` times the
-    best smoothed loss (fastai's rule). The model weights and optimizer state are restored when the
-    fit ends, however it ends. While it runs `learn.trial_fit` is True, so progress shows no table.
-
-    Use it through `learn.lr_find()`; `lrs` and `losses` hold what it recorded.
+    batches, recording the loss, until the smoothed loss exceeds `stop_factor` times its best (fastai's
+    rule). Weights and optimizer state are restored however the fit ends; `learn.trial_fit` is True
+    meanwhile. Use it through `learn.lr_find()`; `lrs` and `losses` hold what it recorded.
     """
 
     order = Order.LR_FINDER
@@ -121,8 +111,7 @@ class LRFinderCB(Callback):
         self.was_trial_fit, learn.trial_fit = learn.trial_fit, True
 
     def before_batch(self, learn):
-        i = len(self.lrs)
-        lr = self.start_lr * (self.end_lr / self.start_lr) ** (i / (self.num_it - 1))
+        lr = self.start_lr * (self.end_lr / self.start_lr) ** (len(self.lrs) / (self.num_it - 1))
         for group in learn.opt.param_groups:
             group["lr"] = lr
         self.lrs.append(lr)
@@ -148,9 +137,8 @@ class LRFinderCB(Callback):
         return out
 
     def curve(self) -> tuple[list[float], list[float]]:
-        """The part of the smoothed curve the rules read, as fastai's `lr_find` cuts it: without the
-        first tenth of `num_it` (the loss has not moved yet), the last 5 points (the blow-up), and
-        anything from the first loss that is not a number."""
+        """The smoothed curve the rules read, cut as fastai cuts it: without the first tenth of `num_it`
+        (the loss has not moved yet), the last 5 points (the blow-up), and anything from the first NaN."""
         losses = self.smoothed_losses()
         first_nan = next((i for i, loss in enumerate(losses) if math.isnan(loss)), len(losses))
         keep = slice(self.num_it // 10, min(len(losses) - 5, first_nan))
@@ -163,7 +151,7 @@ class LRFinderCB(Callback):
             raise ValueError(f"lr_find recorded {len(self.losses)} losses, {len(losses)} once the first "
                              f"num_it // 10 = {self.num_it // 10} and the last 5 are left out; it needs at least 3 "
                              "to suggest a learning rate: raise num_it, or lower start_lr if the loss blew up early")
-        return SuggestedLRs(**{name: rule(lrs, losses) for name, rule in _RULES.items()})
+        return SuggestedLRs(*(rule(lrs, losses) for rule in (steep, valley, slide, minimum)))
 
     def plot(self):
         """Plot the smoothed loss against the learning rate on a log axis, without its last 5 points
@@ -175,8 +163,9 @@ class LRFinderCB(Callback):
         ax.set(xscale="log", xlabel="learning rate (log scale)", ylabel="loss (smoothed)")
         lrs, losses = self.curve()
         if len(losses) >= 3:
-            for name, lr in self.suggestions()._asdict().items():
-                ax.plot(lr, _loss_at(lr, lrs, losses), "o", label=f"{name}: {lr:.2e}")
+            for name, lr in self.suggestions()._asdict().items():  # dot at the nearest recorded point
+                near = min(range(len(lrs)), key=lambda i: abs(math.log(lrs[i] / lr)))
+                ax.plot(lr, losses[near], "o", label=f"{name}: {lr:.2e}")
             ax.legend(loc="best")
         return ax
 
@@ -187,27 +176,20 @@ class LRFinderCB(Callback):
         ax = self.plot()
         if in_notebook():
             return  # the notebook shows the figure under the cell
-        if matplotlib.get_backend().lower() not in _NON_INTERACTIVE_BACKENDS:
-            plt.show()
-            return
+        # A backend that only draws into a file or a buffer has no window to show a plot in.
+        if matplotlib.get_backend().lower() not in {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}:
+            return plt.show()
         ax.figure.savefig(path, bbox_inches="tight")
         plt.close(ax.figure)
         print(f"lr_find: matplotlib's {matplotlib.get_backend()!r} backend has no window, so the plot was "
               f"saved to {path} (show_plot=False skips it)", flush=True)
 
 
-def _loss_at(lr: float, lrs: list[float], losses: list[float]) -> float:
-    # The curve's loss at `lr` (minimum's lr is a tenth of a recorded one): the nearest recorded point.
-    return losses[min(range(len(lrs)), key=lambda i: abs(math.log(lrs[i] / lr)))]
-
-
 def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
             show_plot: bool = True) -> SuggestedLRs:
     """Run `LRFinderCB` on `learn` for up to `num_it` training batches (as many epochs as that takes)
-    and return the learning rate each rule suggests; see `Learner.lr_find`. A learner that had no
-    optimizer has none again afterwards."""
-    had_opt = learn.opt is not None
-    finder = LRFinderCB(start_lr, end_lr, num_it)
+    and return each rule's suggestion. A learner that had no optimizer has none again afterwards."""
+    had_opt, finder = learn.opt is not None, LRFinderCB(start_lr, end_lr, num_it)
     try:
         n_batches = len(learn.dls.train)
     except TypeError:  # an iterable without a length: one batch an epoch is the safe guess

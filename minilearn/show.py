@@ -1,9 +1,8 @@
 """Pictures of a few items: `show_items` draws images as a grid and feature rows as a table, each with
-a caption; `show_batch` draws the first items of a batch with their targets (`Learner.show_batch`).
+a caption; `show_batch` draws the first items of a batch with their targets.
 
-A `show` function is anything called as `show(xs, captions) -> Figure`, where `xs` holds the items
-(`(N, ...)`, on the CPU) and `captions` one string an item: pass your own to `show_batch` or
-`ClassificationInterpretation.plot_top_losses` for inputs these defaults do not draw (text, audio).
+A `show` function is called as `show(xs, captions) -> Figure`, `xs` the items (`(N, ...)`, on the CPU),
+`captions` one string an item: pass your own for inputs these defaults do not draw (text, audio).
 """
 
 from collections.abc import Callable, Sequence
@@ -24,8 +23,7 @@ def show_images(xs: torch.Tensor, captions: Sequence[str], ncols: int = 6, size:
     import matplotlib.pyplot as plt
     if xs.ndim == 4:
         xs = xs[:, 0] if xs.shape[1] == 1 else xs.permute(0, 2, 3, 1).clamp(0, 1)
-    rows = -(-len(xs) // ncols)
-    cols = min(ncols, len(xs))
+    rows, cols = -(-len(xs) // ncols), min(ncols, len(xs))
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.3 * rows), squeeze=False,
                              layout="constrained")
     for ax in axes.flat:
@@ -41,9 +39,9 @@ def show_table(xs: torch.Tensor, captions: Sequence[str], max_columns: int = 8):
     `max_columns` features shown, then `...`). Returns the figure."""
     import matplotlib.pyplot as plt
     shown = min(xs.shape[1], max_columns)
-    header = [f"x{j}" for j in range(shown)] + (["..."] if xs.shape[1] > shown else []) + [""]
-    cells = [[f"{v:.3g}" for v in row[:shown].tolist()] + (["..."] if xs.shape[1] > shown else []) + [text]
-             for row, text in zip(xs.float(), captions)]
+    more = ["..."] if xs.shape[1] > shown else []
+    header = [f"x{j}" for j in range(shown)] + more + [""]
+    cells = [[f"{v:.3g}" for v in row[:shown].tolist()] + more + [text] for row, text in zip(xs.float(), captions)]
     fig, ax = plt.subplots(figsize=(0.8 * len(header) + 1.5, 0.3 * (len(cells) + 1) + 0.2), layout="constrained")
     ax.set_axis_off()
     ax.table(cellText=cells, colLabels=header, loc="center")
@@ -75,10 +73,9 @@ def caption(y: Any, vocab: Sequence[str] | None = None) -> str:
 
 
 def show_batch(learn, dl: Any = None, n: int = 9, show: ShowFn | None = None, vocab: Sequence[str] | None = None):
-    """Draw the first `n` items of the first batch of `dl` (default `learn.dls.train`) with their
-    targets as captions, through `show` (default `show_items`), on the CPU; returns what `show` returns.
-    `show` gets the model inputs: one tensor for a tuple batch with one input, a tuple of them for
-    several, a dict for a mapping batch (the default draws only a tensor)."""
+    """Draw the first `n` items of the first batch of `dl` (default `learn.dls.train`), on the CPU, with
+    their targets as captions, through `show` (default `show_items`); returns what `show` returns. `show`
+    gets the model inputs: a tensor (one input), a tuple (several) or a dict (a mapping batch)."""
     batch = next(iter(learn.dls.train if dl is None else dl), None)
     if batch is None:
         raise ValueError("show_batch was given a loader without batches")
