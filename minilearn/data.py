@@ -12,6 +12,7 @@ __all__ = ["IGNORE_INDEX", "DataLoaders", "batches_in_pass", "to_device", "is_ma
 
 # The target id of a position that predicts nothing (padding, a prompt): PyTorch's and Hugging Face's.
 IGNORE_INDEX = -100
+"""The target of a position where nothing is predicted (padding, a prompt): PyTorch's and Hugging Face's -100."""
 
 
 def default_device() -> torch.device:

@@ -11,6 +11,7 @@ from minilearn.losses.masked import check_choice
 __all__ = ["group_advantages", "AdvantageScale"]
 
 AdvantageScale = Literal["std", "none"]
+"""How `group_advantages` scales: by the group's standard deviation (GRPO) or not at all (Dr. GRPO)."""
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: AdvantageScale = "std",

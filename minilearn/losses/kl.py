@@ -10,6 +10,7 @@ from minilearn.logprobs.per_token import shape_or_type
 __all__ = ["kl_penalty", "KLKind"]
 
 KLKind = Literal["k1", "k2", "k3"]
+"""The estimators of `kl_penalty`: Schulman's k1 (`lp - ref`), k2 (`(lp - ref)^2 / 2`) and k3 (`exp(ref - lp) - (ref - lp) - 1`)."""
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: KLKind = "k3") -> torch.Tensor:

@@ -16,8 +16,11 @@ __all__ = ["policy_gradient_loss", "PolicyGradientLoss", "PolicyGradientKind", "
            "default_clip_thresholds"]
 
 PolicyGradientKind = Literal["importance_sampling", "ppo", "cispo", "dro"]
+"""The per-token objectives of `PolicyGradientLoss`, named as Tinker names them."""
 _KINDS = get_args(PolicyGradientKind)
 Aggregation = Literal["token_sum", "token_mean", "sequence_mean", "constant"]
+"""How `PolicyGradientLoss` sums its per-token objectives into a loss: Tinker's sum, DAPO's token mean, GRPO's
+sequence mean, or Dr. GRPO's constant normaliser."""
 _AGGREGATIONS = get_args(Aggregation)
 
 

@@ -13,6 +13,7 @@ from minilearn.normalized_loss import LossTensor
 __all__ = ["weighted_cross_entropy", "WeightedCrossEntropy", "Reduction"]
 
 Reduction = Literal["weight_mean", "sum"]
+"""`WeightedCrossEntropy`'s reductions: the weight-normalised mean (exact under accumulation) or the sum."""
 _REDUCTIONS = get_args(Reduction)
 
 

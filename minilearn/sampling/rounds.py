@@ -19,6 +19,7 @@ __all__ = ["make_rollouts", "check_rewards", "RolloutBuffer", "RewardFn"]
 # reward_fn(prompts, completions) -> one reward a completion: both lists of token-id lists, row by row
 # (each prompt repeated for every completion of its group; completions without their final eos).
 RewardFn = Callable[[list[list[int]], list[list[int]]], Sequence[float] | torch.Tensor]
+"""A reward function: `(prompts, completions) -> one reward per completion`, each a list of token ids."""
 
 
 def make_rollouts(model: nn.Module, prompts: Prompts, reward_fn: RewardFn, group_size: int, max_new_tokens: int,

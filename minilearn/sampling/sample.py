@@ -18,6 +18,7 @@ __all__ = ["sample", "model_logprobs", "completion_tokens", "prompt_tokens", "ev
 # A list of prompts (each a list or 1-D tensor of token ids), a 2-D tensor of equal-length prompts, or a
 # tokenizer's output: a mapping with `input_ids` and (for padded prompts) `attention_mask`.
 Prompts = Sequence[Sequence[int] | torch.Tensor] | torch.Tensor | Mapping[str, torch.Tensor]
+"""Prompts as `sample` takes them: lists of token ids, a `(B, T)` tensor, or a batch with `input_ids` and `attention_mask`."""
 
 
 def prompt_tokens(prompts: Prompts) -> list[list[int]]:

@@ -26,6 +26,7 @@ __all__ = ["check_loss", "sample_preds", "LOSS_CHECKS"]
 
 LOSS_CHECKS: tuple[str, ...] = ("inputs", "scalar", "differentiable", "gradcheck", "reference", "accelerate",
                                 "accumulation", "bf16")
+"""The names of `check_loss`'s checks, in the order it runs them (`skip=` takes any of them)."""
 
 # Gradients of float32 training steps over the same rows, summed in another order, agree to ~1e-7.
 _STEP_TOLERANCE = 1e-4
