@@ -1,4 +1,8 @@
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -10,6 +14,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from minilearn import Callback, DataLoaders, Learner
 from minilearn.callbacks import reset_accelerate_state
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def regression_dls(n_train=40, n_valid=16, bs=8, n_in=3, seed=0):
@@ -60,3 +66,17 @@ def fresh_accelerate():
     reset_accelerate_state()
     yield
     reset_accelerate_state()
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory):
+    """The documentation site as `python -m mkdocs build --strict` makes it, once a test session: its folder.
+    The build runs every notebook of nbs/ top to bottom in the small setting (docs/build_hooks.py)."""
+    out = tmp_path_factory.mktemp("site")
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert run.returncode == 0, f"the documentation build failed:\n{run.stdout[-3000:]}{run.stderr[-8000:]}"
+    print(f"\nthe documentation site: {len(list(out.rglob('index.html')))} pages built in "
+          f"{time.perf_counter() - start:.0f} s")
+    return out

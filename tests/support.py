@@ -7,12 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import torch
 import torch.nn.functional as F
 from datasets import Dataset as HFDataset
-from nbclient import NotebookClient
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
@@ -26,6 +24,10 @@ from minilearn.callbacks import MetricsCB
 DIST = Path(__file__).parent / "integration" / "dist"  # the scripts that run under torchrun
 sys.path.insert(0, str(DIST))
 import train_weighted as script  # noqa: E402
+
+# How a notebook is run (a fresh kernel, the small setting) is the documentation build's: one rule for both.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs"))
+from build_hooks import run_notebook  # noqa: E402,F401
 
 
 WORDS = "the a cat dog sat ran on under mat log and then it slept".split()
@@ -92,13 +94,6 @@ def assert_same(a, b, tol=1e-6):
 
 
 NBS_DIR = Path(__file__).resolve().parents[1] / "nbs"
-
-
-def run_notebook(nb: nbformat.NotebookNode, path: Path, monkeypatch) -> None:
-    """Execute `nb`, read from `path`, in a fresh kernel in the small setting; its cells get their outputs."""
-    monkeypatch.setenv("MINILEARN_SMALL", "1")
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
 
 
 def dataset(n: int, seed: int) -> HFDataset:

@@ -1,4 +1,5 @@
-"""Docstring examples run, the README's example runs, and `python -m minilearn demo` works."""
+"""Docstring examples run, the README's example runs (the same as Get started's), the docs' fault table
+and layout are true, and `python -m minilearn demo` works."""
 
 import doctest
 import importlib
@@ -60,9 +61,13 @@ def test_importing_minilearn_in_a_notebook_prints_no_warning():
     assert cell_outputs("import minilearn.callbacks, transformers") == []
 
 
+def example_of(page: Path) -> str:
+    return re.search(r"<!-- example -->\s*```python\n(.*?)```", page.read_text(), re.S).group(1)
+
+
 def test_readme_example_runs():
-    text = (ROOT / "README.md").read_text()
-    example = re.search(r"<!-- example -->\s*```python\n(.*?)```", text, re.S).group(1)
+    example = example_of(ROOT / "README.md")
+    assert example == example_of(ROOT / "docs" / "index.md")  # the site's Get started shows the same
     assert 10 <= len(example.strip().splitlines()) <= 20
     scope = {}
     exec(compile(example, "README example", "exec"), scope)
@@ -172,17 +177,17 @@ def test_demo_scores_both_runs_on_plain_validation_loss_and_key_token_accuracy()
     assert key_token_accuracy(model, valid, key_ids) == (pytest.approx(acc, abs=1e-12), last["key_tokens"])
 
 
-def test_readme_fault_table_cites_tests_that_exist():
-    cited = re.findall(r"`(\w+/test_\w+\.py)::(test_\w+)`", (ROOT / "README.md").read_text())
+def test_the_fault_table_cites_tests_that_exist():
+    cited = re.findall(r"`(\w+/test_\w+\.py)::(test_\w+)`", (ROOT / "docs" / "explanations" / "faults.md").read_text())
     assert len(cited) >= 15
     for file, name in cited:
         assert f"def {name}(" in (ROOT / "tests" / file).read_text(), f"{file}::{name}"
 
 
-def test_the_readme_layout_names_every_core_module_and_every_folder():
-    layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+def test_the_layout_page_names_every_core_module_and_every_folder():
+    layout = (ROOT / "docs" / "explanations" / "layout.md").read_text()
     core = [p.name for p in (ROOT / "minilearn").glob("*.py") if p.stem not in ("__init__", "__main__")]
     folders = [p.name + "/" for p in (ROOT / "minilearn").iterdir() if (p / "__init__.py").exists()]
     modules = [p.name for p in (ROOT / "minilearn").glob("*/*.py") if p.stem != "__init__"]
     missing = [name for name in core + folders + modules if name not in layout]
-    assert not missing, f"the README's layout leaves out {missing}"
+    assert not missing, f"docs/explanations/layout.md leaves out {missing}"

@@ -51,15 +51,15 @@ def test_every_assert_says_what_failed(name, folder):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_solution_runs_top_to_bottom(name, monkeypatch):
-    run_notebook(read("solutions", name), NBS_DIR / "solutions" / name, monkeypatch)
+def test_solution_runs_top_to_bottom(name):
+    run_notebook(read("solutions", name), NBS_DIR / "solutions")
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_unsolved_exercise_stops_at_its_check_cell_with_the_checkers_message(name, monkeypatch):
+def test_unsolved_exercise_stops_at_its_check_cell_with_the_checkers_message(name):
     nb = read("exercises", name)
     with pytest.raises(CellExecutionError) as info:
-        run_notebook(nb, NBS_DIR / "exercises" / name, monkeypatch)
+        run_notebook(nb, NBS_DIR / "exercises")
     assert info.value.ename == "CheckFailed"
     for text in UNSOLVED[name]:
         assert text in info.value.evalue
