@@ -1,4 +1,4 @@
-"""How far each launch of the real-model matrix (tests/test_real_models.py) is from one process without
+"""How far each launch of the real-model matrix (tests/integration/test_real_models.py) is from one process without
 Accelerate: the largest weight gap and the largest epoch-table gap per launch setting, over every model
 and loss, and the dropout row's gap to its replayed random streams. Run: `python tests/bench/real_models_gaps.py` (two launches, OMP_NUM_THREADS=1 in each process)."""
 

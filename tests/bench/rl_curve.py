@@ -1,6 +1,6 @@
 """The reward curve of nbs/07_rl_end_to_end.ipynb in its default setting, with the wall time: runs the
 notebook top to bottom in a fresh kernel (2 threads, as the notebook sets) and prints what its cells
-printed. The figures in the README's RL section come from this.
+printed. The figures of the RL guide (docs/guides/rl.md) come from this.
 
 Usage: OMP_NUM_THREADS=2 python tests/bench/rl_curve.py
 """

@@ -1,6 +1,6 @@
 """get_preds and top_losses: the model applied by hand (tuple and mapping batches, a Hugging Face model
 under AccelerateCustomCB, a fused head), one loss per item equal to the loss on that item alone, the
-learner left as it was. Two processes against one: tests/test_resume_multiprocess.py."""
+learner left as it was. Two processes against one: tests/integration/test_resume_multiprocess.py."""
 
 import pytest
 import torch

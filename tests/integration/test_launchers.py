@@ -40,7 +40,7 @@ def test_accelerate_launch_with_a_config_file_runs_two_processes_on_the_cpu(tmp_
 
 
 def test_a_multi_cpu_config_without_mpi_starts_one_process(tmp_path):
-    # What the README warns about: the script runs, alone, with its per-process batch size.
+    # What the guide to several processes warns about: the script runs, alone, with its per-process batch size.
     config = CONFIG.replace("MULTI_GPU", "MULTI_CPU").replace("use_cpu: false", "use_cpu: true")
     res = accelerate_launch(tmp_path, config, "--loss", "weighted", "--bs", "8")
     assert res.returncode == 0, res.stderr[-3000:]

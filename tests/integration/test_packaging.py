@@ -1,4 +1,5 @@
-"""The built wheel carries `callbacks/` as `minilearn/callbacks/`, and the README's promises hold."""
+"""The built wheel carries `callbacks/` as `minilearn/callbacks/` and every folder, installs and imports, and
+every public module has an `__all__` and docstrings."""
 
 import subprocess
 import sys

@@ -5,7 +5,7 @@ LogprobLossCB, the fused head} trained on padded, variable-length dict batches.
 `run(model, loss, processes_bs, gas, accelerate)` trains one cell and returns its final weights and
 epoch table. Run with torchrun, this script trains every cell under the processes it was started
 with, for each accumulation in `--gas`, and the main process saves `{cell: (weights, table)}` to OUT,
-so the whole two-process half of the matrix is one launch. tests/test_real_models.py compares it
+so the whole two-process half of the matrix is one launch. tests/integration/test_real_models.py compares it
 with one process.
 
 Usage: torchrun --standalone --nproc_per_node 2 matrix.py OUT [--gas 1 2]

@@ -1,4 +1,4 @@
-"""Records each process's random stream under AccelerateCB; run by tests/test_accelerate_multiprocess.py.
+"""Records each process's random stream under AccelerateCB; run by tests/integration/test_accelerate_multiprocess.py.
 
 Rank 0 saves, for every rank, the seed its torch generator was given and the dropout mask of its first
 training batch. Usage: torchrun --standalone --nproc_per_node 2 random_streams.py OUT [--seed 7]

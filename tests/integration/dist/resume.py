@@ -1,4 +1,4 @@
-"""Exact resume under several processes, run by tests/test_resume_multiprocess.py.
+"""Exact resume under several processes, run by tests/integration/test_resume_multiprocess.py.
 
 `python -m torch.distributed.run --nproc_per_node 2 resume.py OUT --mode full|interrupt|resume`:
 - full: 3 epochs uninterrupted, SaveModelCB saving after every epoch into OUT.saves, CSVLoggerCB

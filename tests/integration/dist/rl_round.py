@@ -1,5 +1,5 @@
 """Rounds of on-policy RL (RolloutCB, a clipped loss with a KL term) for each aggregation of
-PolicyGradientLoss; run by tests/test_rl_rounds.py in one process and, with torchrun, in two.
+PolicyGradientLoss; run by tests/callbacks/test_rollouts.py in one process and, with torchrun, in two.
 
 `run(aggregation, bs, gas, accelerate)` trains two rounds from the same start and returns the final
 weights and the rewards of each round. Every process draws the same rollouts (RolloutCB seeds its

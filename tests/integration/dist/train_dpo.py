@@ -1,4 +1,4 @@
-"""DPO steps under AccelerateCB with LogprobLossCB; run by tests/test_logprob_loss_multiprocess.py with torchrun.
+"""DPO steps under AccelerateCB with LogprobLossCB; run by tests/integration/test_logprob_loss_multiprocess.py with torchrun.
 
 Each dataset item is a preference pair of token sequences of different lengths; the collate function
 lays a batch out as chosen, rejected, chosen, ... and pads it to its own longest sequence, so the

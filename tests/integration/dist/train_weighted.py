@@ -1,4 +1,4 @@
-"""Trains a small model under AccelerateCB; run by tests/test_accelerate_multiprocess.py with torchrun.
+"""Trains a small model under AccelerateCB; run by tests/integration/test_accelerate_multiprocess.py with torchrun.
 
 Every process builds the same data; Accelerate gives each its shard. Rank 0 writes the final weights.
 Usage: torchrun --standalone --nproc_per_node 2 train_weighted.py OUT --loss weighted --gas 2 --bs 4
