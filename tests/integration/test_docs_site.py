@@ -161,15 +161,25 @@ def test_every_page_loads_without_a_console_error(site, served, browser):
 @pytest.mark.parametrize("query, page", [("AccelerateCustomCB", "reference/callbacks/"),
                                          ("forward_backward_custom", "reference/minilearn/")])
 def test_search_finds_the_api_and_its_first_hit_opens_the_right_page(served, browser, query, page):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
     browser.get(served)
     box = WebDriverWait(browser, 10).until(EC.element_to_be_clickable(("css selector", "input.md-search__input")))
     box.click()
     box.send_keys(query)
-    first = WebDriverWait(browser, 20).until(
-        EC.element_to_be_clickable(("css selector", ".md-search-result__item a, a.md-search-result__link")))
-    first.click()
+    # The results are drawn again for each letter typed: wait until the first hit stays the same for a second.
+    first_hit = "return (document.querySelector('.md-search-result__item a') || {}).href || null;"
+    seen = []
+    WebDriverWait(browser, 30, poll_frequency=0.5).until(
+        lambda d: seen.append(d.execute_script(first_hit)) or (len(seen) > 2 and seen[-1] is not None and
+                                                              seen[-1] == seen[-2] == seen[-3]))
+    for _ in range(5):
+        try:
+            browser.find_element("css selector", ".md-search-result__item a").click()
+            break
+        except StaleElementReferenceException:
+            pass
     WebDriverWait(browser, 10).until(lambda d: page in d.current_url)
     assert query in browser.find_element("css selector", "article").text
 
