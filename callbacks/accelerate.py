@@ -84,9 +84,7 @@ class AccelerateCB(Callback):
         self.gradients = StepGradients(torch.Tensor.backward if self._plain else self.acc.backward,
                                        self.acc.num_processes, lambda t: self.acc.reduce(t.to(self.acc.device), "sum"))
         self._mixed_precision, self._seeded, self._no_sync, self._pass_length = self.acc.mixed_precision, False, None, None
-        # The prepared model, optimizer and loaders, and the user's that they replaced (put back by `removed`).
-        self._model = self._opt = self._dls = self._user_model = self._user_opt = self._user_dls = self._user_gradients = None
-        self._user_model_attrs: frozenset[str] = frozenset()  # the names in vars(user's model) before preparing
+        self._forget_prepared()
 
     def before_fit(self, learn):
         if self.acc.mixed_precision != self._mixed_precision:
@@ -182,8 +180,12 @@ class AccelerateCB(Callback):
         learn.is_main_process, learn.pass_is_sharded, learn.grad_scaler = is_main_process(), False, None
         learn.ends_step = True  # without accumulation every micro-batch ends a step
         self.acc.free_memory()  # Accelerate's references to the prepared objects
-        self._model = self._opt = self._dls = self._user_model = self._user_opt = self._user_dls = None
-        self._user_gradients, self._user_model_attrs = None, frozenset()
+        self._forget_prepared()
+
+    def _forget_prepared(self) -> None:
+        # The prepared model, optimizer and loaders, and the user's that they replaced (put back by `removed`).
+        self._model = self._opt = self._dls = self._user_model = self._user_opt = self._user_dls = self._user_gradients = None
+        self._user_model_attrs: frozenset[str] = frozenset()  # the names in vars(user's model) before preparing
 
 
 class AccelerateCustomCB(AccelerateCB):

@@ -41,12 +41,16 @@ def _join(parts: list, key: str | None = None) -> Any:
     return parts
 
 
-def _split(learn, batch: Any) -> tuple[Any, Any]:
-    # (what the model takes, the rest): for a tuple batch one tensor each where there is one. The keys the model
-    # takes are those the owner of predict passes (TrainCB's `model_inputs`), else those its forward names.
+def _input_names(learn) -> tuple[str, ...]:
+    # The keys of a mapping batch the model takes: those the owner of predict passes (TrainCB's `model_inputs`),
+    # else those its forward names.
+    owner = learn.step_owners["predict"]
+    return owner.model_input_names(learn.model) if hasattr(owner, "model_input_names") else model_inputs(learn.model)
+
+
+def _split(learn, batch: Any, names: tuple[str, ...]) -> tuple[Any, Any]:
+    # (what the model takes, the rest): for a tuple batch one tensor each where there is one.
     if is_mapping(batch):
-        owner = learn.step_owners["predict"]
-        names = owner.model_input_names(learn.model) if hasattr(owner, "model_input_names") else model_inputs(learn.model)
         return ({k: v for k, v in batch.items() if k in names}, {k: v for k, v in batch.items() if k not in names})
     inputs, rest = tuple(batch[:learn.n_inp]), tuple(batch[learn.n_inp:])
     return inputs[0] if len(inputs) == 1 else inputs, rest[0] if len(rest) == 1 else rest
@@ -116,7 +120,7 @@ def _predict(learn, dl: Any, with_loss: bool, inputs: list | None) -> Prediction
         raise ValueError(f"under {world_size()} processes get_preds needs a loader Accelerate prepared (so that each "
                          f"process predicts its share and the shares are gathered once): learn.dls.valid after a fit "
                          f"with AccelerateCB, or accelerator.prepare(dl); got a {type(dl).__name__}")
-    preds, targets, losses = [], [], []
+    preds, targets, losses, names = [], [], [], _input_names(learn)
     # A validation pass's batch events and steps, without the epoch's: the owners of predict and get_loss,
     # the device and gathering callbacks run as in validation, and cleanup_batch however a batch ends.
     with replacing(learn, dl=dl, training=False, iter=0, batch=None, preds=None, loss=None, loss_parts=None,
@@ -126,7 +130,7 @@ def _predict(learn, dl: Any, with_loss: bool, inputs: list | None) -> Prediction
                 learn.callback("before_batch")
                 learn.predict()
                 learn.callback("after_predict")  # AccelerateCB gathers the processes' outputs here
-                model_input, rest = _split(learn, learn.batch)
+                model_input, rest = _split(learn, learn.batch, names)
                 preds.append(_detached(learn.preds))
                 targets.append(rest)
                 if inputs is not None:
