@@ -60,7 +60,10 @@ def run_notebook(nb: nbformat.NotebookNode, directory: Path) -> nbformat.Noteboo
         NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(directory)}}).execute()
     finally:
         for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
     return nb
 
 
